@@ -1,0 +1,255 @@
+"""Quantized Flax building blocks: conv, dense, folded BatchNorm, activation quantizers.
+
+Every block takes ``policy: Policy | None``. With ``policy=None`` it is exactly its float
+counterpart (same parameters, same arithmetic); with a policy it applies FAQ's
+quantizers (FAQ.md section 2) and looks its widths up by its own module path.
+
+Calibration (FAQ.md section 3) needs the *unquantized* network: when the ``calib``
+collection is mutable, every block runs its float path and each :class:`ActQuant` sows
+the l its batch asks for. Activation l's live in the ``quant`` collection, never in
+``params``, so the optimizer never touches them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from faq_jax import quant
+from faq_jax.policy import Policy
+
+Initializer = Callable[..., jax.Array]
+Padding = Sequence[tuple[int, int]]
+
+QUANT = "quant"  # collection of frozen activation l's
+CALIB = "calib"  # collection sown during calibration
+
+
+def _path(module: nn.Module) -> str:
+    return "/".join(module.path)
+
+
+def _calibrating(module: nn.Module) -> bool:
+    """A calibration pass: ``calib`` mutable, and not ``init`` (where everything is)."""
+    return module.is_mutable_collection(CALIB) and not module.is_initializing()
+
+
+def _active(module: nn.Module) -> bool:
+    """Quantize unless the policy is off or this is a calibration pass."""
+    return module.policy is not None and not _calibrating(module)
+
+
+def _quantize_weight(module: nn.Module, w: jax.Array) -> jax.Array:
+    bits = module.policy.weight_bits(_path(module))
+    lsb = quant.weight_lsb(w, bits=bits, clip_std=module.policy.clip_std(bits))
+    return quant.fixed_point(w, bits=bits, lsb=lsb, signed=True)
+
+
+def _quantize_bias(module: nn.Module, b: jax.Array) -> jax.Array:
+    p = module.policy
+    return quant.fixed_point(b, bits=p.bias_bits, lsb=p.bias_lsb, signed=True)
+
+
+def _operands(x: jax.Array, w: jax.Array, dtype: Any) -> tuple[jax.Array, jax.Array, Any]:
+    """Casts both operands to the compute dtype; accumulation stays float32."""
+    if dtype is None:
+        dt = jnp.promote_types(x.dtype, w.dtype)
+        return x.astype(dt), w.astype(dt), None
+    return x.astype(dtype), w.astype(dtype), jnp.float32
+
+
+class Conv(nn.Module):
+    """2-D convolution (NHWC, HWIO kernel) with explicit torch-style padding.
+
+    ``dtype`` sets the operand dtype (e.g. bfloat16: exact for quantized operands of at
+    most 8 bits) with float32 accumulation; None computes in the input's precision.
+    """
+
+    features: int
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    padding: Padding = ((0, 0), (0, 0))
+    use_bias: bool = False
+    feature_group_count: int = 1
+    policy: Policy | None = None
+    dtype: Any = None
+    kernel_init: Initializer = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+    bias_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_features = x.shape[-1]
+        if in_features % self.feature_group_count:
+            raise ValueError(f"{_path(self)}: {in_features} input channels do not split into "
+                             f"{self.feature_group_count} groups")
+        shape = (*self.kernel_size, in_features // self.feature_group_count, self.features)
+        kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
+        if _active(self):
+            kernel = _quantize_weight(self, kernel)
+        lhs, rhs, acc = _operands(x, kernel, self.dtype)
+        y = jax.lax.conv_general_dilated(
+            lhs, rhs, window_strides=self.strides, padding=[tuple(p) for p in self.padding],
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=self.feature_group_count, preferred_element_type=acc,
+        )
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+            if _active(self):
+                bias = _quantize_bias(self, bias)
+            y = y + bias.astype(y.dtype)
+        return y
+
+
+class Dense(nn.Module):
+    """Fully connected layer; kernel stored (in, out) like Flax (torch's weight.T)."""
+
+    features: int
+    use_bias: bool = True
+    policy: Policy | None = None
+    dtype: Any = None
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features),
+                            jnp.float32)
+        if _active(self):
+            kernel = _quantize_weight(self, kernel)
+        lhs, rhs, acc = _operands(x, kernel, self.dtype)
+        y = jax.lax.dot_general(lhs, rhs, (((lhs.ndim - 1,), (0,)), ((), ())),
+                                preferred_element_type=acc)
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+            if _active(self):
+                bias = _quantize_bias(self, bias)
+            y = y + bias.astype(y.dtype)
+        return y
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm in torch's semantics, applied in its folded form ``y = x s + t``.
+
+    ``s = γ / sqrt(v + ε)`` and ``t = β - μ s`` (batch statistics in training, running
+    averages in eval). With a policy (and ``policy.quantize_bn``) s is signed 8-bit with
+    l = -4 and t signed 32-bit with l = -16. Running statistics follow torch: momentum
+    0.1 (Flax's 0.9) and the *unbiased* batch variance in the running average.
+    """
+
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    policy: Policy | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        c = x.shape[-1]
+        gamma = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        beta = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
+        if train:
+            axes = tuple(range(x.ndim - 1))
+            xf = x.astype(jnp.float32)
+            mean = jnp.mean(xf, axes)
+            var = jnp.mean(jnp.square(xf - mean), axes)
+            if not self.is_initializing():
+                n = x.size // c
+                unbiased = var * (n / max(n - 1, 1))
+                m = self.momentum
+                ra_mean.value = m * ra_mean.value + (1 - m) * jax.lax.stop_gradient(mean)
+                ra_var.value = m * ra_var.value + (1 - m) * jax.lax.stop_gradient(unbiased)
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        s = gamma * jax.lax.rsqrt(var + self.epsilon)
+        t = beta - mean * s
+        if _active(self) and self.policy.quantize_bn:
+            p = self.policy
+            s = quant.fixed_point(s, bits=p.bn_scale_bits, lsb=p.bn_scale_lsb, signed=True)
+            t = quant.fixed_point(t, bits=p.bn_shift_bits, lsb=p.bn_shift_lsb, signed=True)
+        return (x * s.astype(x.dtype) + t.astype(x.dtype)).astype(x.dtype)
+
+
+class ActQuant(nn.Module):
+    """Optional ReLU, then the activation quantizer with a calibrated, frozen l.
+
+    Unsigned after a ReLU (FAQ's ReLU outputs); ``signed=True`` for re-quantizing tensors
+    that may be negative. l lives in ``quant/lsb``; until calibration it holds the
+    uncalibrated value of FAQ's control experiment (y_max = 2^(b/2) - 1).
+    """
+
+    relu: bool = True
+    signed: bool = False
+    policy: Policy | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.relu:
+            x = nn.relu(x)
+        if self.policy is None:
+            return x
+        bits = self.policy.act_bits(_path(self))
+        lsb = self.variable(QUANT, "lsb", lambda: jnp.asarray(
+            quant.uncalibrated_activation_lsb(bits, self.signed), jnp.float32))
+        if _calibrating(self):
+            stat = jnp.abs(x) if self.signed else x
+            y_max = quant.percentile(stat, self.policy.percentile(bits))
+            self.sow(CALIB, "lsb", quant.activation_lsb(y_max, bits=bits, signed=self.signed))
+            return x
+        return quant.fixed_point(x, bits=bits, lsb=lsb.value, signed=self.signed)
+
+
+class InputQuant(nn.Module):
+    """The normalised image as signed fixed point (8-bit, l = -5 by default)."""
+
+    policy: Policy | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if not _active(self):
+            return x
+        p = self.policy
+        return quant.fixed_point(x, bits=p.input_bits, lsb=p.input_lsb, signed=True)
+
+
+def torch_pad(kernel: int, padding: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Symmetric torch padding; 'SAME' differs from it for strided convs."""
+    del kernel
+    return ((padding, padding), (padding, padding))
+
+
+def max_pool(x: jax.Array, window: int, stride: int, padding: int) -> jax.Array:
+    """torch MaxPool2d (padding with -inf, floor mode)."""
+    return nn.max_pool(x, (window, window), (stride, stride), torch_pad(window, padding))
+
+
+def avg_pool(x: jax.Array, window: int, stride: int, padding: int = 0,
+             count_include_pad: bool = True) -> jax.Array:
+    """torch AvgPool2d (floor mode); zero padding counted unless told otherwise."""
+    return nn.avg_pool(x, (window, window), (stride, stride), torch_pad(window, padding),
+                       count_include_pad=count_include_pad)
+
+
+def adaptive_avg_pool(x: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
+    """torch AdaptiveAvgPool2d: bin i spans [floor(i n / o), ceil((i + 1) n / o))."""
+    h, w = x.shape[1:3]
+    oh, ow = out_hw
+    if (h, w) == (oh, ow):
+        return x
+    rows = []
+    for i in range(oh):
+        h0, h1 = (i * h) // oh, -((-(i + 1) * h) // oh)
+        cols = []
+        for j in range(ow):
+            w0, w1 = (j * w) // ow, -((-(j + 1) * w) // ow)
+            cols.append(jnp.mean(x[:, h0:h1, w0:w1, :], axis=(1, 2)))
+        rows.append(jnp.stack(cols, axis=1))
+    return jnp.stack(rows, axis=1)
+
+
+def global_avg_pool(x: jax.Array) -> jax.Array:
+    """Mean over H and W (torch's adaptive_avg_pool2d(1) + flatten)."""
+    return jnp.mean(x, axis=(1, 2))

@@ -1,0 +1,53 @@
+"""Deferred imports of the two heavy frameworks, in the one order that is safe.
+
+Importing torchvision (through its ``triton`` dependency) after TensorFlow has been
+loaded crashes the interpreter with a segfault on some installations. Importing torch
+first avoids it. Every TensorFlow import in faq_jax goes through :func:`tensorflow`,
+which loads torch first whenever torch is installed, so a process that later converts
+weights (torch, torchvision) survives.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from types import ModuleType
+
+
+def _preload_torch() -> None:
+    if "torch" not in sys.modules and importlib.util.find_spec("torch") is not None:
+        import torch  # noqa: F401
+
+
+def tensorflow() -> ModuleType:
+    """Returns ``tensorflow`` with its GPUs hidden, loading torch first if installed."""
+    if "tensorflow" not in sys.modules:
+        _preload_torch()
+    import tensorflow as tf
+
+    # tf.data runs on the host; it must never grab accelerator memory from JAX.
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # Already initialised: visibility can no longer change.
+        pass
+    return tf
+
+
+def tensorflow_datasets() -> ModuleType:
+    """Returns ``tensorflow_datasets`` after :func:`tensorflow`."""
+    tensorflow()
+    import tensorflow_datasets as tfds
+
+    return tfds
+
+
+def torch() -> ModuleType:
+    """Returns ``torch``; raises a clear error when the ``convert`` extra is missing."""
+    try:
+        import torch as torch_module
+    except ImportError as e:  # pragma: no cover - depends on the environment.
+        raise ImportError(
+            "torch is not installed: install the conversion extra with "
+            "`pip install 'faq_jax[convert]'`."
+        ) from e
+    return torch_module

@@ -1,0 +1,159 @@
+"""Precision policy: which bit width every weight and activation quantizer uses.
+
+A policy is data. It has default weight and activation widths and an ordered list of
+:class:`Rule` s; the last rule that matches a layer wins. A rule matches a module path
+(``"layer4_1/conv2"``; ``fnmatch`` globs such as ``"layer1_*"``, where ``*`` also
+matches ``/``) or a role that every
+model names for itself:
+
+- ``@first``: the first conv (reads the image);
+- ``@last``: the classifier (its weights);
+- ``@last_act``: the last ReLU, which feeds the classifier;
+- ``@classifier_input``: the re-quantizer on the classifier's input (after pooling).
+
+FAQ's 4-bit networks (FAQ.md section 4) keep ``@first``/``@last`` weights and the
+``@last_act``/``@classifier_input`` activations at 8 bits: :func:`paper_policy` builds
+exactly that; W8A8, W4A8, W2A2 or any mix is the same data with other numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from collections.abc import Iterable, Mapping
+
+from faq_jax import quant
+
+ROLES = ("first", "last", "last_act", "classifier_input")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """Overrides the widths of the layers that ``match`` names (None keeps the width)."""
+
+    match: str
+    w_bits: int | None = None
+    a_bits: int | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.match, str) or not self.match:
+            raise ValueError(f"Rule.match must be a non-empty string, got {self.match!r}")
+        if self.match.startswith("@") and self.match[1:] not in ROLES:
+            raise ValueError(f"unknown role {self.match!r} in rule; roles are "
+                             f"{', '.join('@' + r for r in ROLES)}")
+        if self.w_bits is not None:
+            quant.check_bits(self.w_bits, f"w_bits of rule {self.match!r}")
+        if self.a_bits is not None:
+            quant.check_bits(self.a_bits, f"a_bits of rule {self.match!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """Bit widths and fixed l's of a fully fixed-point network (FAQ.md section 2)."""
+
+    w_bits: int = 8  # conv/dense weights, signed
+    a_bits: int = 8  # ReLU outputs (unsigned) and re-quantized inputs
+    rules: tuple[Rule, ...] = ()
+    weight_clip_std: float = 4.12  # k: clip at k*std(w) below maxabs_bits (paper, 4-bit)
+    maxabs_bits: int = 8  # widths >= this use Δ = max|w| / (2^(b-1)-1), no clipping
+    quantize_bn: bool = True  # folded BN constants s, t on their fixed-point grids
+    bn_scale_bits: int = 8  # s = γ / sqrt(v + ε): signed 8-bit, l = -b/2
+    bn_scale_lsb: int = -4
+    bn_shift_bits: int = 32  # t = β - μ s: signed 32-bit
+    bn_shift_lsb: int = -16
+    bias_bits: int = 32  # conv/dense biases: signed 32-bit
+    bias_lsb: int = -16
+    input_bits: int = 8  # the normalised image: signed 8-bit, l = -5 covers ±3.97
+    input_lsb: int = -5
+    percentile_8bit: float = 99.99  # calibration percentile for >= 8-bit activations
+    percentile_lowbit: float = 99.9  # ... and below 8 bits
+    roles: tuple[tuple[str, str], ...] = ()  # (role, module path), filled in by the model
+
+    def __post_init__(self):
+        for name in ("w_bits", "a_bits", "bn_scale_bits", "bn_shift_bits", "bias_bits",
+                     "input_bits", "maxabs_bits"):
+            quant.check_bits(getattr(self, name), name)
+        for name in ("bn_scale_lsb", "bn_shift_lsb", "bias_lsb", "input_lsb"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"{name} must be an integer l, got {v!r}")
+        if not self.weight_clip_std > 0:
+            raise ValueError(f"weight_clip_std must be positive, got {self.weight_clip_std!r}")
+        for name in ("percentile_8bit", "percentile_lowbit"):
+            v = getattr(self, name)
+            if not 0 < v <= 100:
+                raise ValueError(f"{name} must lie in (0, 100], got {v!r}")
+        rules = tuple(r if isinstance(r, Rule) else Rule(*r) for r in self.rules)
+        object.__setattr__(self, "rules", rules)
+
+    def with_roles(self, roles: Mapping[str, str]) -> Policy:
+        """The policy bound to a model's role table (role -> module path)."""
+        unknown = set(roles) - set(ROLES)
+        if unknown:
+            raise ValueError(f"unknown roles {sorted(unknown)}; roles are {ROLES}")
+        return dataclasses.replace(self, roles=tuple(sorted(roles.items())))
+
+    def _matches(self, rule: Rule, path: str) -> bool:
+        if rule.match.startswith("@"):
+            target = dict(self.roles).get(rule.match[1:])
+            return target is not None and target == path
+        return fnmatch.fnmatchcase(path, rule.match)
+
+    def weight_bits(self, path: str) -> int:
+        """Weight width of the conv/dense at ``path``."""
+        bits = self.w_bits
+        for rule in self.rules:
+            if rule.w_bits is not None and self._matches(rule, path):
+                bits = rule.w_bits
+        return bits
+
+    def act_bits(self, path: str) -> int:
+        """Width of the activation quantizer at ``path``."""
+        bits = self.a_bits
+        for rule in self.rules:
+            if rule.a_bits is not None and self._matches(rule, path):
+                bits = rule.a_bits
+        return bits
+
+    def clip_std(self, bits: int) -> float | None:
+        """k of the weight rule for ``bits``, or None for the max-abs rule."""
+        return None if bits >= self.maxabs_bits else self.weight_clip_std
+
+    def percentile(self, bits: int) -> float:
+        """Calibration percentile for an activation of ``bits`` (99.99 at 8, 99.9 below)."""
+        return self.percentile_8bit if bits >= 8 else self.percentile_lowbit
+
+    def validate(self, weight_paths: Iterable[str], act_paths: Iterable[str]) -> None:
+        """Raises ValueError for a rule that names no layer of the model."""
+        weight_paths, act_paths = list(weight_paths), list(act_paths)
+        for rule in self.rules:
+            paths = []
+            if rule.w_bits is not None:
+                paths += weight_paths
+            if rule.a_bits is not None:
+                paths += act_paths
+            if rule.match.startswith("@") and rule.match[1:] not in dict(self.roles):
+                raise ValueError(f"policy rule {rule.match!r}: this model has no such role "
+                                 f"(it names {sorted(dict(self.roles))})")
+            if not any(self._matches(rule, p) for p in paths):
+                kind = "weight" if rule.a_bits is None else "activation" if rule.w_bits is None \
+                    else "weight or activation"
+                raise ValueError(
+                    f"policy rule {rule.match!r} matches no {kind} quantizer of the model; "
+                    f"{kind} quantizers are e.g. {sorted(paths)[:8]}"
+                )
+
+
+def paper_policy(w_bits: int, a_bits: int, **kwargs) -> Policy:
+    """FAQ's policy (FAQ.md section 4): below 8 bits, first/last layers stay at 8 bits."""
+    rules = []
+    if w_bits < 8:
+        rules += [Rule("@first", w_bits=8), Rule("@last", w_bits=8)]
+    if a_bits < 8:
+        rules += [Rule("@last_act", a_bits=8), Rule("@classifier_input", a_bits=8)]
+    extra = tuple(kwargs.pop("rules", ()))
+    return Policy(w_bits=w_bits, a_bits=a_bits, rules=tuple(rules) + extra, **kwargs)
+
+
+W8A8 = paper_policy(8, 8)
+W4A4 = paper_policy(4, 4)

@@ -1,0 +1,88 @@
+"""The precision policy: data in, bit widths out, clear errors for bad rules."""
+
+import pytest
+
+from faq_jax import policy as policy_lib
+from faq_jax.policy import Policy, Rule
+
+ROLES = {"first": "conv1", "last": "fc", "last_act": "layer4_1/act2",
+         "classifier_input": "fc_input"}
+WEIGHTS = ["conv1", "layer1_0/conv1", "layer4_1/conv2", "fc"]
+ACTS = ["act", "layer1_0/act1", "layer4_1/act1", "layer4_1/act2", "fc_input"]
+
+
+def test_w4a4_paper_policy_first_last_8bit():
+    p = policy_lib.W4A4.with_roles(ROLES)
+    assert p.weight_bits("conv1") == 8
+    assert p.weight_bits("fc") == 8
+    assert p.weight_bits("layer1_0/conv1") == 4
+    assert p.weight_bits("layer4_1/conv2") == 4
+    assert p.act_bits("layer4_1/act2") == 8  # the last ReLU feeds the classifier
+    assert p.act_bits("fc_input") == 8
+    assert p.act_bits("layer4_1/act1") == 4
+    assert p.act_bits("act") == 4
+    p.validate(WEIGHTS, ACTS)
+
+
+def test_w8a8_everything_8bit():
+    p = policy_lib.W8A8.with_roles(ROLES)
+    assert p.rules == ()
+    assert {p.weight_bits(w) for w in WEIGHTS} == {8}
+    assert {p.act_bits(a) for a in ACTS} == {8}
+    assert p.clip_std(8) is None and p.clip_std(4) == 4.12
+    assert p.percentile(8) == 99.99 and p.percentile(4) == 99.9
+
+
+def test_arbitrary_mix_last_rule_wins():
+    p = Policy(w_bits=4, a_bits=8, rules=(
+        Rule("layer4_*/*", w_bits=2), Rule("layer4_1/conv2", w_bits=8), ("layer1_*", None, 2),
+    )).with_roles(ROLES)
+    assert p.weight_bits("layer4_1/conv1") == 2
+    assert p.weight_bits("layer4_1/conv2") == 8
+    assert p.weight_bits("layer1_0/conv1") == 4
+    assert p.act_bits("layer1_0/act1") == 2  # fnmatch: "*" also matches "/"
+    assert p.act_bits("layer2_0/act1") == 8
+
+
+def test_w4a8_mixed_paper_policy():
+    p = policy_lib.paper_policy(4, 8).with_roles(ROLES)
+    assert p.weight_bits("conv1") == 8 and p.weight_bits("layer1_0/conv1") == 4
+    assert {p.act_bits(a) for a in ACTS} == {8}
+
+
+def test_rule_naming_no_layer_raises():
+    p = Policy(rules=(Rule("layer9_9/conv1", w_bits=4),)).with_roles(ROLES)
+    with pytest.raises(ValueError, match="layer9_9/conv1.*matches no weight quantizer"):
+        p.validate(WEIGHTS, ACTS)
+    # An activation-only rule must match an activation, not a weight path.
+    p = Policy(rules=(Rule("conv1", a_bits=4),)).with_roles(ROLES)
+    with pytest.raises(ValueError, match="matches no activation"):
+        p.validate(WEIGHTS, ACTS)
+
+
+def test_role_missing_from_model_raises():
+    p = policy_lib.W4A4.with_roles({"first": "conv1", "last": "fc"})
+    with pytest.raises(ValueError, match="no such role"):
+        p.validate(WEIGHTS, ACTS)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(w_bits=1), "w_bits"),
+    (dict(a_bits=40), "a_bits"),
+    (dict(input_lsb=-5.5), "input_lsb"),
+    (dict(weight_clip_std=0.0), "weight_clip_std"),
+    (dict(percentile_8bit=120.0), "percentile_8bit"),
+    (dict(rules=(("@nope", 4, None),)), "unknown role"),
+])
+def test_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Policy(**kwargs)
+
+
+def test_bad_rule_bits():
+    with pytest.raises(ValueError, match="w_bits of rule 'conv1'"):
+        Rule("conv1", w_bits=64)
+
+
+def test_policy_is_hashable():
+    assert hash(policy_lib.W4A4.with_roles(ROLES)) == hash(policy_lib.W4A4.with_roles(ROLES))

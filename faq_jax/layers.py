@@ -153,7 +153,7 @@ class BatchNorm(nn.Module):
         ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
         if train:
             axes = tuple(range(x.ndim - 1))
-            xf = x.astype(jnp.float32)
+            xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # f64 stays f64
             mean = jnp.mean(xf, axes)
             var = jnp.mean(jnp.square(xf - mean), axes)
             if not self.is_initializing():

@@ -1,8 +1,8 @@
 """Deferred imports of the two heavy frameworks, in the one order that is safe.
 
 Importing torchvision (through its ``triton`` dependency) after TensorFlow has been
-loaded crashes the interpreter with a segfault on some installations. Importing torch
-first avoids it. Every TensorFlow import in faq_jax goes through :func:`tensorflow`,
+loaded crashes the interpreter with a segfault on some installations. Importing torch and
+triton first avoids it (torch alone does not). Every TensorFlow import in faq_jax goes through :func:`tensorflow`,
 which loads torch first whenever torch is installed, so a process that later converts
 weights (torch, torchvision) survives.
 """
@@ -17,10 +17,12 @@ from types import ModuleType
 def _preload_torch() -> None:
     if "torch" not in sys.modules and importlib.util.find_spec("torch") is not None:
         import torch  # noqa: F401
+    if "triton" not in sys.modules and importlib.util.find_spec("triton") is not None:
+        import triton  # noqa: F401
 
 
 def tensorflow() -> ModuleType:
-    """Returns ``tensorflow`` with its GPUs hidden, loading torch first if installed."""
+    """Returns ``tensorflow`` with its GPUs hidden, loading torch/triton first if installed."""
     if "tensorflow" not in sys.modules:
         _preload_torch()
     import tensorflow as tf

@@ -1,4 +1,4 @@
-"""Test-session setup: 8 fake CPU devices, and torch loaded before TensorFlow.
+"""Test-session setup: 8 fake CPU devices, and torch (and triton) loaded before TensorFlow.
 
 XLA_FLAGS must be set before jax initialises its backends. torch goes first because
 importing torchvision after TensorFlow crashes some installations (see
@@ -13,6 +13,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 if importlib.util.find_spec("torch") is not None:
     import torch  # noqa: F401
+if importlib.util.find_spec("triton") is not None:
+    import triton  # noqa: F401
 
 import jax  # noqa: E402
 

@@ -1,0 +1,15 @@
+"""FAQ resnet18 W4A4 on ImageNet (paper Table 1).
+
+Recipe: 110 epochs, lr 0.0015 x 0.936 per epoch, batch 256, SGD momentum 0.9, wd 0.5e-4.
+Paper top-1 / top-5: 69.82 / 89.10 (fp32 baseline 69.76 / 89.08).
+
+  python -m weights_convert --arch resnet18 --weights IMAGENET1K_V1 --out ~/faq/resnet18_fp32
+  python -m faq_jax.main --config=configs/r18_w4a4.py --workdir=~/faq/r18_w4a4 \
+      --config.init_checkpoint=~/faq/resnet18_fp32 --config.data.data_dir=~/tensorflow_datasets
+"""
+
+from faq_jax import config_defaults as common
+
+
+def get_config(arg=None):
+    return common.with_arg(common.paper_finetune("resnet18", 4), arg)

@@ -1,0 +1,151 @@
+"""Config validation before any compute, and the objects a config implies.
+
+Every value a user can get wrong (bits, percentiles, learning rates, arch, stages, batch
+sizes) is checked here, so a bad override fails in a second with a message naming the
+field, not an hour into a run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from faq_jax import models, optim
+from faq_jax import policy as policy_lib
+
+STAGES = ("pretrain", "eval_fp32", "calibrate", "eval_quant", "finetune")
+DATASETS = ("imagenet2012", "folder", "cifar10", "digits")
+
+
+def _fail(field: str, value: Any, why: str) -> None:
+    raise ValueError(f"config.{field}={value!r}: {why}")
+
+
+def _check_optim(prefix: str, o: ml_collections.ConfigDict) -> None:
+    if not o.lr > 0:
+        _fail(f"{prefix}.lr", o.lr, "the learning rate must be positive")
+    if o.schedule not in optim.SCHEDULES:
+        _fail(f"{prefix}.schedule", o.schedule, f"must be one of {optim.SCHEDULES}")
+    if not 0 < o.decay_rate <= 1:
+        _fail(f"{prefix}.decay_rate", o.decay_rate, "must lie in (0, 1]")
+    if not 0 <= o.momentum < 1:
+        _fail(f"{prefix}.momentum", o.momentum, "must lie in [0, 1)")
+    if o.weight_decay < 0:
+        _fail(f"{prefix}.weight_decay", o.weight_decay, "must be >= 0")
+    if list(o.step_epochs) != sorted(o.step_epochs):
+        _fail(f"{prefix}.step_epochs", o.step_epochs, "must be ascending")
+
+
+def validate(config: ml_collections.ConfigDict) -> set[str]:
+    """Raises ValueError naming the first bad field; returns the set of stages to run."""
+    models.spec(config.arch)
+    if config.data.name not in DATASETS:
+        _fail("data.name", config.data.name, f"must be one of {DATASETS}")
+    stages = {s.strip() for s in config.stages.split(",") if s.strip()}
+    unknown = stages - set(STAGES)
+    if unknown:
+        _fail("stages", config.stages, f"unknown stage(s) {sorted(unknown)}; "
+              f"choose from {STAGES}")
+    if config.init not in ("pretrained", "random"):
+        _fail("init", config.init, "must be 'pretrained' or 'random'")
+    if config.compute_dtype not in ("float32", "bfloat16"):
+        _fail("compute_dtype", config.compute_dtype, "must be 'float32' or 'bfloat16'")
+    make_policy(config)  # bits, lsb's, percentiles, rules
+    c = config.calib
+    if not isinstance(c.num_batches, int) or c.num_batches < 1:
+        _fail("calib.num_batches", c.num_batches, "must be a positive int")
+    if not 0 < config.num_epochs:
+        _fail("num_epochs", config.num_epochs, "must be positive")
+    for name in ("batch_size", "eval_batch_size"):
+        v = config[name]
+        if not isinstance(v, int) or v < 1:
+            _fail(name, v, "must be a positive int")
+        if v % jax.device_count():
+            _fail(name, v, f"must be a multiple of the {jax.device_count()} devices")
+    if config.micro_batch_size and (config.batch_size % config.micro_batch_size
+                                    or config.micro_batch_size % jax.device_count()):
+        _fail("micro_batch_size", config.micro_batch_size,
+              "must divide batch_size and be a multiple of the device count")
+    for e, b in config.batch_schedule or ():
+        if b % (config.micro_batch_size or config.batch_size):
+            _fail("batch_schedule", config.batch_schedule,
+                  f"batch size {b} at epoch {e} is not a multiple of the micro-batch size")
+    _check_optim("optim", config.optim)
+    if "pretrain" in stages:
+        _check_optim("pretrain.optim", config.pretrain.optim)
+        if not config.pretrain.num_epochs > 0:
+            _fail("pretrain.num_epochs", config.pretrain.num_epochs,
+                  "must be positive when the pretrain stage runs")
+    if config.init == "pretrained" and not config.init_checkpoint and "pretrain" not in stages:
+        _fail("init_checkpoint", config.init_checkpoint,
+              "config.init='pretrained' needs the folder written by `python -m weights_convert "
+              "--arch ARCH ... --out DIR` (or add the 'pretrain' stage, or set "
+              "config.init='random')")
+    if config.init_checkpoint and not _exists(config.init_checkpoint):
+        _fail("init_checkpoint", config.init_checkpoint,
+              "no such folder; convert torchvision weights first with `python -m "
+              "weights_convert --arch ARCH --weights IMAGENET1K_V1 --out DIR`")
+    return stages
+
+
+def _exists(path: str) -> bool:
+    from etils import epath  # noqa: PLC0415
+
+    return epath.Path(path).exists()
+
+
+def make_policy(config: ml_collections.ConfigDict) -> policy_lib.Policy | None:
+    """The precision policy of ``config.quant`` (None when quantization is off)."""
+    q = config.quant
+    if not q.enabled:
+        return None
+    kwargs = dict(
+        rules=tuple(policy_lib.Rule(*r) for r in q.rules),
+        weight_clip_std=q.weight_clip_std, maxabs_bits=q.maxabs_bits,
+        quantize_bn=q.quantize_bn, bn_scale_bits=q.bn_scale_bits, bn_scale_lsb=q.bn_scale_lsb,
+        bn_shift_bits=q.bn_shift_bits, bn_shift_lsb=q.bn_shift_lsb, bias_bits=q.bias_bits,
+        bias_lsb=q.bias_lsb, input_bits=q.input_bits, input_lsb=q.input_lsb,
+        percentile_8bit=config.calib.percentile_8bit,
+        percentile_lowbit=config.calib.percentile_lowbit,
+    )
+    try:
+        if q.paper_rules:
+            return policy_lib.paper_policy(q.w_bits, q.a_bits, **kwargs)
+        return policy_lib.Policy(w_bits=q.w_bits, a_bits=q.a_bits, **kwargs)
+    except ValueError as e:
+        raise ValueError(f"config.quant: {e}") from e
+
+
+def experiment_id(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """What makes two runs the same experiment (checked against the workdir)."""
+    q = config.quant
+    return {
+        "arch": config.arch, "num_classes": config.num_classes, "dataset": config.data.name,
+        "quant": bool(q.enabled), "w_bits": q.w_bits if q.enabled else None,
+        "a_bits": q.a_bits if q.enabled else None,
+        "rules": [list(r) for r in q.rules] if q.enabled else [],
+    }
+
+
+def check_variables(variables: dict[str, Any], expected: dict[str, Any], source: str) -> None:
+    """Raises ValueError naming missing/unexpected/mis-shaped entries of loaded weights."""
+    def flat(tree):
+        out = {}
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            out["/".join(str(getattr(k, "key", k)) for k in path)] = tuple(np.shape(leaf))
+        return out
+
+    got, want = flat({k: variables.get(k, {}) for k in ("params", "batch_stats")}), \
+        flat({k: expected.get(k, {}) for k in ("params", "batch_stats")})
+    missing = sorted(set(want) - set(got))
+    unexpected = sorted(set(got) - set(want))
+    shapes = sorted(k for k in set(got) & set(want) if got[k] != want[k])
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"weights in {source} do not fit the configured model: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatches "
+            f"{[(k, got[k], want[k]) for k in shapes[:5]]}. Check config.arch and "
+            "config.num_classes against the converted checkpoint.")

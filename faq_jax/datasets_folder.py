@@ -1,0 +1,163 @@
+"""Image-folder datasets (torchvision ``ImageFolder`` layout) and CIFAR-10 from its JPEG archive.
+
+Pure Python/NumPy file listing: no TensorFlow here. A dataset split is a :class:`FileSplit`
+(paths + labels in torchvision's order); :mod:`faq_jax.input_pipeline` turns it into batches.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+# Formats tf.io.decode_image reads (torchvision also lists .ppm/.pgm/.tif, TF cannot decode).
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+
+
+class FileSplit(NamedTuple):
+    """One split of an image-folder dataset, in torchvision ``ImageFolder`` order."""
+
+    paths: np.ndarray  # [N] str: image files.
+    labels: np.ndarray  # [N] int32: class index.
+    classes: tuple[str, ...]  # Class names; index = label.
+
+
+def find_classes(root: str) -> tuple[str, ...]:
+    """Sorted class folder names, as ``torchvision.datasets.folder.find_classes``."""
+    if not root:
+        raise ValueError("The image-folder path is empty: set config.data.train_dir/eval_dir.")
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"Image-folder dataset not found: {root!r} is not a directory.")
+    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    if not classes:
+        raise FileNotFoundError(
+            f"Couldn't find any class folder in {root!r}: expected root/<class>/<image>."
+        )
+    return tuple(classes)
+
+
+def list_image_folder(root: str, classes: Sequence[str] | None = None) -> FileSplit:
+    """Lists ``root/<class>/**/<image>`` exactly as torchvision's ``make_dataset``.
+
+    Args:
+      root: dataset root.
+      classes: class names to use (e.g. those of the training folder); default: the
+        sorted sub-folders of ``root``.
+
+    Returns:
+      The split, classes in sorted order, files sorted within each class.
+    """
+    found = find_classes(root)
+    classes = tuple(classes) if classes is not None else found
+    if set(found) - set(classes):
+        raise ValueError(
+            f"{root!r} has class folders absent from the training classes: "
+            f"{sorted(set(found) - set(classes))}"
+        )
+    paths, labels, empty = [], [], []
+    for index, name in enumerate(classes):
+        class_dir = os.path.join(root, name)
+        n_before = len(paths)
+        if os.path.isdir(class_dir):
+            for dirpath, _, fnames in sorted(os.walk(class_dir, followlinks=True)):
+                for fname in sorted(fnames):
+                    if fname.lower().endswith(IMG_EXTENSIONS):
+                        paths.append(os.path.join(dirpath, fname))
+                        labels.append(index)
+            if len(paths) == n_before:
+                empty.append(name)
+    if empty:
+        raise FileNotFoundError(
+            f"Found no valid image file ({', '.join(IMG_EXTENSIONS)}) for classes "
+            f"{empty} in {root!r}."
+        )
+    return FileSplit(np.array(paths, dtype=str), np.array(labels, dtype=np.int32), classes)
+
+
+def split_last_per_class(split: FileSplit, n_per_class: int) -> tuple[FileSplit, FileSplit]:
+    """Holds out the last ``n_per_class`` files (sorted order) of every class.
+
+    Returns:
+      ``(rest, held_out)``, both in the original order.
+    """
+    held = np.zeros(len(split.labels), dtype=bool)
+    for label in range(len(split.classes)):
+        (idx,) = np.nonzero(split.labels == label)
+        if len(idx) <= n_per_class:
+            raise ValueError(
+                f"Class {split.classes[label]!r} has {len(idx)} images, not more than "
+                f"val_per_class={n_per_class}."
+            )
+        held[idx[len(idx) - n_per_class :]] = True
+    rest = FileSplit(split.paths[~held], split.labels[~held], split.classes)
+    return rest, FileSplit(split.paths[held], split.labels[held], split.classes)
+
+
+def default_cache_dir(cache_dir: str = "") -> str:
+    """``cache_dir`` or ``~/.cache/faq_jax``."""
+    return os.path.expanduser(cache_dir or os.path.join("~", ".cache", "faq_jax"))
+
+
+def extract_once(archive: str, cache_dir: str) -> str:
+    """Extracts a tar archive into ``cache_dir/<archive name>/`` once; returns that folder.
+
+    Extraction goes to a temporary sibling folder which is renamed when complete, so an
+    interrupted extraction is never mistaken for a finished one and concurrent processes
+    on one host are safe.
+    """
+    if not archive:
+        raise ValueError("config.data.archive is empty: set it to cifar10-jpeg.tar.gz's path.")
+    if not os.path.isfile(archive):
+        raise FileNotFoundError(f"Archive not found: {archive!r}.")
+    name = os.path.basename(archive)
+    for suffix in (".tar.gz", ".tgz", ".tar"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    cache_dir = default_cache_dir(cache_dir)
+    target = os.path.join(cache_dir, name)
+    if os.path.isdir(target):
+        return target
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=cache_dir)
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+        try:
+            os.rename(tmp, target)
+        except OSError:  # Another process finished first.
+            if not os.path.isdir(target):
+                raise
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def cifar10_splits(archive: str, cache_dir: str, val_per_class: int) -> tuple[FileSplit, FileSplit]:
+    """CIFAR-10 from ``cifar10-jpeg.tar.gz`` (``train/<class>/NNNN.jpg``).
+
+    Returns:
+      ``(train, validation)``: validation = the last ``val_per_class`` images of each class.
+    """
+    root = os.path.join(extract_once(archive, cache_dir), "train")
+    return split_last_per_class(list_image_folder(root), val_per_class)
+
+
+def find_undecodable(paths: Sequence[str]) -> list[tuple[str, str]]:
+    """``(path, error)`` for every file TensorFlow cannot read or decode (slow; errors only)."""
+    from faq_jax import lazy_imports
+
+    tf = lazy_imports.tensorflow()
+    bad = []
+    for path in paths:
+        try:
+            tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        except (tf.errors.OpError, OSError) as e:
+            bad.append((str(path), str(e).strip().splitlines()[0] if str(e).strip() else repr(e)))
+    return bad

@@ -1,0 +1,123 @@
+"""SGD with coupled weight decay, and FAQ's learning-rate and batch-size schedules by epoch.
+
+Schedules are stated in epochs (FAQ.md section 5) and turned into optimizer steps here.
+With a batch-size schedule (256 -> 2048 by gradient accumulation) an epoch holds fewer
+optimizer steps as the batch grows, so the epoch of a step comes from a table of
+epoch-start steps rather than a division.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+SCHEDULES = ("constant", "exponential", "step")
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSchedule:
+    """Optimizer batch size per epoch, realised as ``accum`` micro-batches of ``micro``."""
+
+    num_train: int
+    num_epochs: int
+    micro: int  # global micro-batch size (one forward/backward)
+    sizes: tuple[tuple[int, int], ...]  # (first epoch, global batch size), ascending epochs
+
+    def __post_init__(self):
+        if not self.sizes or self.sizes[0][0] != 0:
+            raise ValueError(f"batch schedule must start at epoch 0, got {self.sizes!r}")
+        epochs = [e for e, _ in self.sizes]
+        if epochs != sorted(set(epochs)):
+            raise ValueError(f"batch schedule epochs must increase, got {self.sizes!r}")
+        for e, b in self.sizes:
+            if b % self.micro:
+                raise ValueError(f"batch size {b} (from epoch {e}) is not a multiple of the "
+                                 f"micro-batch size {self.micro}; set config.micro_batch_size "
+                                 "to a divisor")
+            if b > self.num_train:
+                raise ValueError(f"batch size {b} exceeds the {self.num_train} training examples")
+
+    def batch_size(self, epoch: int) -> int:
+        size = self.sizes[0][1]
+        for e, b in self.sizes:
+            if epoch >= e:
+                size = b
+        return size
+
+    def accum(self, epoch: int) -> int:
+        """Micro-batches per optimizer step in ``epoch``."""
+        return self.batch_size(epoch) // self.micro
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        return self.num_train // self.batch_size(epoch)
+
+    def epoch_starts(self) -> np.ndarray:
+        """Optimizer step at which each epoch starts (length num_epochs + 1)."""
+        steps = [self.steps_in_epoch(e) for e in range(self.num_epochs)]
+        return np.concatenate([[0], np.cumsum(steps)]).astype(np.int64)
+
+    def total_steps(self) -> int:
+        return int(self.epoch_starts()[-1])
+
+    def locate(self, step: int) -> tuple[int, int]:
+        """(epoch, step within epoch) of optimizer step ``step``."""
+        starts = self.epoch_starts()
+        epoch = int(np.searchsorted(starts, step, side="right") - 1)
+        return epoch, int(step - starts[epoch])
+
+    def micro_offset(self, epoch: int) -> int:
+        """Micro-batches consumed before ``epoch`` starts (the data stream position)."""
+        return sum(self.steps_in_epoch(e) * self.accum(e) for e in range(epoch))
+
+
+def batch_schedule(config: ml_collections.ConfigDict, num_train: int, num_epochs: int,
+                   ) -> BatchSchedule:
+    """The schedule of ``config.batch_size`` / ``config.batch_schedule``."""
+    sizes = tuple(tuple(int(v) for v in p) for p in (config.batch_schedule or ()))
+    if not sizes:
+        sizes = ((0, int(config.batch_size)),)
+    micro = int(config.micro_batch_size or sizes[0][1])
+    return BatchSchedule(num_train=num_train, num_epochs=num_epochs, micro=micro, sizes=sizes)
+
+
+def lr_at_epoch(optim: ml_collections.ConfigDict, epoch: jax.Array) -> jax.Array:
+    """Learning rate during (integer) ``epoch``: the paper's per-epoch schedules."""
+    epoch = jnp.asarray(epoch, jnp.float32)
+    if optim.schedule == "constant":
+        return jnp.full_like(epoch, optim.lr)
+    if optim.schedule == "exponential":  # lr * decay^epoch, e.g. 0.0015 * 0.936^epoch
+        return optim.lr * jnp.power(optim.decay_rate, epoch)
+    if optim.schedule == "step":  # lr * factor^(number of boundaries passed)
+        passed = sum(jnp.where(epoch >= b, 1.0, 0.0) for b in optim.step_epochs)
+        return optim.lr * jnp.power(optim.step_factor, passed)
+    raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {optim.schedule!r}")
+
+
+def lr_schedule(optim: ml_collections.ConfigDict, batches: BatchSchedule) -> optax.Schedule:
+    """Step -> learning rate, constant within an epoch."""
+    starts = jnp.asarray(batches.epoch_starts()[:-1])
+
+    def schedule(step: jax.Array) -> jax.Array:
+        epoch = jnp.searchsorted(starts, step, side="right") - 1
+        return lr_at_epoch(optim, epoch)
+
+    return schedule
+
+
+def make_optimizer(optim: ml_collections.ConfigDict, batches: BatchSchedule,
+                   ) -> optax.GradientTransformation:
+    """SGD, momentum 0.9, weight decay added to the gradient (torch's coupled decay).
+
+    Decay applies to every parameter, BN and biases included, as torch.optim.SGD does.
+    """
+    return optax.chain(
+        optax.add_decayed_weights(optim.weight_decay) if optim.weight_decay else
+        optax.identity(),
+        optax.sgd(lr_schedule(optim, batches), momentum=optim.momentum or None,
+                  nesterov=bool(optim.nesterov)),
+    )

@@ -1,0 +1,68 @@
+"""One-time build of TFDS ``imagenet2012`` from the two official ILSVRC2012 archives.
+
+Usage (once, on storage every host can read)::
+
+    python -m faq_jax.prepare_imagenet --manual_dir /data/ilsvrc2012 --data_dir /data/tfds
+
+then set ``config.data.manual_dir`` and ``config.data.data_dir`` to the same folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from faq_jax import lazy_imports
+
+ARCHIVES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+
+
+def missing_archives_message(manual_dir: str, data_dir: str) -> str:
+    """Explains where the ImageNet archives go and how to obtain them."""
+    where = f"manual_dir={manual_dir!r}" if manual_dir else "config.data.manual_dir (empty)"
+    return (
+        f"TFDS 'imagenet2012' is not prepared in data_dir={data_dir or '<TFDS default>'!r}, "
+        f"and it cannot be built: expected the files {' and '.join(ARCHIVES)} in {where}. "
+        "ImageNet cannot be downloaded automatically: register at "
+        "https://image-net.org/download-images, download both ILSVRC2012 archives (train "
+        "138 GB, validation 6.3 GB) into one folder and point config.data.manual_dir there "
+        "(or run `python -m faq_jax.prepare_imagenet --manual_dir DIR --data_dir DIR` once)."
+    )
+
+
+def builder(data_dir: str = "", manual_dir: str = "") -> Any:
+    """Returns the prepared TFDS ``imagenet2012`` builder, building it first if needed.
+
+    Args:
+      data_dir: TFDS data_dir ("" = the TFDS default).
+      manual_dir: folder holding ``ILSVRC2012_img_train.tar`` and ``ILSVRC2012_img_val.tar``.
+
+    Raises:
+      FileNotFoundError: the dataset is not prepared and an archive is missing.
+    """
+    tfds = lazy_imports.tensorflow_datasets()
+    imagenet = tfds.builder("imagenet2012", data_dir=data_dir or None)
+    if imagenet.is_prepared():
+        return imagenet
+    manual_dir = os.path.expanduser(manual_dir) if manual_dir else ""
+    if not manual_dir or not all(os.path.isfile(os.path.join(manual_dir, f)) for f in ARCHIVES):
+        raise FileNotFoundError(missing_archives_message(manual_dir, data_dir))
+    imagenet.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+    )
+    return imagenet
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--manual_dir", required=True, help="folder with the ILSVRC2012 tars")
+    parser.add_argument("--data_dir", default="", help="TFDS data_dir (default: TFDS's)")
+    args = parser.parse_args(argv)
+    info = builder(args.data_dir, args.manual_dir).info
+    print({str(k): v.num_examples for k, v in info.splits.items()})
+
+
+if __name__ == "__main__":
+    main()

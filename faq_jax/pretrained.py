@@ -1,0 +1,151 @@
+"""faq_jax converted checkpoints: the on-disk format of pretrained (torchvision) weights.
+
+A converted checkpoint is a folder::
+
+    DIR/manifest.json   {"format": "faq_jax.converted", "format_version": 1, "arch": ...,
+                         "num_classes": ..., "source": ..., ...}
+    DIR/variables/      the Flax variables {"params", "batch_stats"}, saved with orbax
+
+``python -m weights_convert`` writes it with :func:`save`; training reads it with
+:func:`load`. Both live here so the format is defined in one place; this module needs no
+torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+FORMAT = "faq_jax.converted"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+VARIABLES = "variables"
+
+
+class CheckpointError(ValueError):
+    """A path that is not a readable faq_jax converted checkpoint, or the wrong one."""
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of the converted checkpoint at ``path``, validated."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"converted checkpoint {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise CheckpointError(f"not a faq_jax converted checkpoint: {str(path)!r} is a file, "
+                              "expected the folder written by `python -m weights_convert`")
+    mpath = path / MANIFEST
+    try:
+        manifest = json.loads(mpath.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"not a faq_jax converted checkpoint: {str(path)!r} has no "
+                              f"{MANIFEST} (write one with `python -m weights_convert`)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"not a faq_jax converted checkpoint: {str(mpath)!r} is "
+                              f"unreadable or corrupt ({e})") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"not a faq_jax converted checkpoint: {str(mpath)!r} does not "
+                              f"declare format {FORMAT!r}")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{str(mpath)!r} has format_version {version!r}; this faq_jax "
+                              f"reads version {FORMAT_VERSION} (re-convert the weights)")
+    for field in ("arch", "num_classes"):
+        if field not in manifest:
+            raise CheckpointError(f"not a faq_jax converted checkpoint: {str(mpath)!r} lacks "
+                                  f"{field!r}")
+    return manifest
+
+
+def load(path: str | os.PathLike, *, arch: str | None = None) -> dict[str, Any]:
+    """Reads the variables ``{"params", "batch_stats"}`` of a converted checkpoint.
+
+    Args:
+      path: the folder written by ``python -m weights_convert`` (or :func:`save`).
+      arch: if given, the arch the caller builds; a checkpoint of another arch fails.
+
+    Returns:
+      Nested dicts of numpy float32 arrays, ready for ``module.apply`` or a train state.
+
+    Raises:
+      CheckpointError (a ValueError): missing path, missing/corrupt manifest, unknown
+        format version, arch mismatch, or unreadable variables.
+    """
+    path = Path(path).absolute()
+    manifest = read_manifest(path)
+    if arch is not None and manifest["arch"] != arch:
+        raise CheckpointError(f"checkpoint {str(path)!r} holds {manifest['arch']} weights but "
+                              f"config.arch is {arch}")
+    vpath = path / VARIABLES
+    ckptr = ocp.StandardCheckpointer()
+    try:
+        meta = ckptr.metadata(vpath)
+        meta = getattr(meta, "item_metadata", meta)
+        # Restore onto the host as numpy: no sharding to guess, the caller places them.
+        target = jax.tree.map(lambda m: np.empty(m.shape, m.dtype), _tree(meta))
+        variables = ckptr.restore(vpath, target)
+    except Exception as e:  # orbax raises many kinds; say which file is at fault
+        raise CheckpointError(f"cannot read the variables of converted checkpoint "
+                              f"{str(path)!r}: {type(e).__name__}: {e}") from e
+    finally:
+        ckptr.close()
+    return jax.tree.map(np.asarray, _tree(variables))
+
+
+def _tree(tree: Any) -> Any:
+    """Plain nested dicts (orbax may hand back its own mapping types)."""
+    if isinstance(tree, Mapping):
+        return {k: _tree(v) for k, v in tree.items()}
+    return tree
+
+
+def save(path: str | os.PathLike, variables: Mapping[str, Any], manifest: Mapping[str, Any],
+         *, overwrite: bool = False) -> Path:
+    """Writes a converted checkpoint atomically: a temp folder beside ``path``, then rename.
+
+    Args:
+      path: the output folder. It must not exist or be empty, unless ``overwrite``.
+      variables: ``{"params": ..., "batch_stats": ...}`` (numpy or jax arrays).
+      manifest: at least ``arch`` and ``num_classes``; ``format``/``format_version`` added.
+      overwrite: replace an existing non-empty ``path``.
+
+    Returns:
+      The absolute output path. On any error nothing is left at ``path``'s place.
+    """
+    path = Path(path).absolute()
+    for field in ("arch", "num_classes"):
+        if field not in manifest:
+            raise ValueError(f"manifest needs {field!r}")
+    if path.exists() and not overwrite and (not path.is_dir() or any(path.iterdir())):
+        raise FileExistsError(f"{str(path)!r} exists and is not empty (pass --force / "
+                              "overwrite=True to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        full = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest}
+        (tmp / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+        variables = jax.tree.map(np.asarray, _tree(variables))
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(tmp / VARIABLES, variables)
+            ckptr.wait_until_finished()
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+            path.rename(old)
+        tmp.rename(path)
+        if old is not None:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path

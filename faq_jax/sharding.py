@@ -1,0 +1,55 @@
+"""Data-parallel mesh and the host-to-global-array step.
+
+One mesh axis, ``data``: parameters are replicated, batches are split along their example
+axis across every device of every process. Each process hands over only its own rows
+(``jax.make_array_from_process_local_data``), so multi-host needs no other code path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA = "data"
+
+
+def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
+    """A 1-D ``data`` mesh over all (or the given) devices."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), (DATA,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
+    """Splits axis ``batch_axis`` over ``data`` (axis 1 for [accum, micro, ...] batches)."""
+    return NamedSharding(mesh, PartitionSpec(*([None] * batch_axis), DATA))
+
+
+def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding,
+              ) -> dict[str, jax.Array]:
+    """Process-local NumPy rows -> one global jax.Array per key."""
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in batch.items()}
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Places a host pytree on every device (same value in every process)."""
+    sharding = replicated(mesh)
+    return jax.tree.map(lambda x: jax.device_put(np.asarray(x), sharding)
+                        if jax.process_count() == 1 else
+                        jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+
+
+def check_divisible(global_batch: int, what: str) -> int:
+    """The per-process share of ``global_batch``; ValueError if devices do not divide it."""
+    n_dev, n_proc = jax.device_count(), jax.process_count()
+    if global_batch % n_dev:
+        raise ValueError(f"{what}={global_batch} is not divisible by the {n_dev} devices; "
+                         f"use a multiple of {n_dev}")
+    return global_batch // n_proc

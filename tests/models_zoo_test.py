@@ -1,0 +1,150 @@
+"""VGG-16-bn, DenseNet-161, Inception-v3: shapes, parameter counts, roles, quantizer sites.
+
+Everything here is traced with ``jax.eval_shape`` (no compilation); numerical parity with
+torchvision is in convert_parity_zoo_test.py.
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from faq_jax import layers, models
+from faq_jax.policy import ROLES, W4A4
+
+# torchvision's own counts (sum of p.numel() for p in model.parameters()).
+PARAMS = {"vgg16_bn": 138_365_992, "densenet161": 28_681_000, "inception_v3": 27_161_264}
+INCEPTION_NO_AUX = 23_834_568
+ZOO = tuple(PARAMS)
+
+
+def _init_shapes(module, size: int, batch: int = 1, **kw):
+    x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+    return jax.eval_shape(lambda x: module.init(jax.random.key(0), x, **kw), x)
+
+
+def _count(tree) -> int:
+    return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(tree))
+
+
+def _paths(tree, leaf: str) -> set[str]:
+    """Module paths of every ``leaf`` variable in a collection tree."""
+    out = set()
+    for keypath, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        keys = [k.key for k in keypath if hasattr(k, "key")]  # sown values are tuples
+        if keys[-1] == leaf:
+            out.add("/".join(keys[:-1]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def quantized():
+    """arch -> (W4A4 module, its variable shapes) at the registry's smallest input."""
+    out = {}
+    for arch in ZOO:
+        # validate=False: create's own check traces the model again; the role tests below
+        # check the same thing (every role names an existing quantizer) directly.
+        module = models.create(arch, policy=W4A4, validate=False)
+        out[arch] = module, _init_shapes(module, models.spec(arch).min_size)
+    return out
+
+
+@pytest.mark.parametrize("arch", ZOO)
+def test_param_count_and_logits_shape(arch):
+    module = models.create(arch, num_classes=1000)
+    size = models.spec(arch).min_size
+    shapes = _init_shapes(module, size, batch=2)
+    assert _count(shapes["params"]) == PARAMS[arch]
+    x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+    out = jax.eval_shape(lambda v, x: module.apply(v, x), shapes, x)
+    assert out.shape == (2, 1000)
+    small = models.create(arch, num_classes=10)
+    assert jax.eval_shape(lambda v, x: small.apply(v, x), _init_shapes(small, size), x).shape \
+        == (2, 10)
+
+
+def test_inception_outputs_and_aux_switch():
+    module = models.create("inception_v3")
+    shapes = _init_shapes(module, 299)
+    x = jax.ShapeDtypeStruct((2, 299, 299, 3), jnp.float32)
+    logits, aux = jax.eval_shape(
+        lambda v, x: module.apply(v, x, train=True, mutable=["batch_stats"],
+                                  rngs={"dropout": jax.random.key(1)})[0], shapes, x)
+    assert logits.shape == aux.shape == (2, 1000)
+    assert jax.eval_shape(lambda v, x: module.apply(v, x), shapes, x).shape == (2, 1000)
+
+    no_aux = models.create("inception_v3", aux_logits=False)
+    shapes = _init_shapes(no_aux, 299)
+    assert "AuxLogits" not in shapes["params"]
+    assert _count(shapes["params"]) == INCEPTION_NO_AUX
+    out, _ = jax.eval_shape(lambda v, x: no_aux.apply(v, x, train=True, mutable=["batch_stats"],
+                                                      rngs={"dropout": jax.random.key(1)}),
+                            shapes, x)
+    assert out.shape == (2, 1000)
+
+
+def test_inception_calibration_reaches_aux_head():
+    module = models.create("inception_v3", policy=W4A4)
+    shapes = _init_shapes(module, 299)
+    x = jax.ShapeDtypeStruct((1, 299, 299, 3), jnp.float32)
+    _, sown = jax.eval_shape(lambda v, x: module.apply(v, x, mutable=[layers.CALIB]), shapes, x)
+    calibrated = _paths(sown[layers.CALIB], "lsb")
+    assert calibrated == _paths(shapes[layers.QUANT], "lsb")
+    assert "AuxLogits/conv1/act" in calibrated
+
+
+@pytest.mark.parametrize("arch", ZOO)
+def test_roles_name_existing_quantizers(arch, quantized):
+    module, shapes = quantized[arch]
+    roles = module.roles()
+    assert set(roles) == set(ROLES)
+    kernels = _paths(shapes["params"], "kernel")
+    lsbs = _paths(shapes[layers.QUANT], "lsb")
+    assert roles["first"] in kernels and roles["last"] in kernels
+    assert roles["last_act"] in lsbs and roles["classifier_input"] in lsbs
+    assert len(shapes["params"][roles["last"].split("/")[0]]["kernel"].shape) == 2
+
+
+@pytest.mark.parametrize("arch", ZOO)
+def test_w4a4_keeps_first_last_and_classifier_input_at_8_bits(arch, quantized):
+    module, shapes = quantized[arch]
+    p, roles = module.policy, module.roles()
+    assert p.weight_bits(roles["first"]) == 8
+    assert p.weight_bits(roles["last"]) == 8
+    assert p.act_bits(roles["last_act"]) == 8
+    assert p.act_bits(roles["classifier_input"]) == 8
+    others = sorted(_paths(shapes["params"], "kernel") - {roles["first"], roles["last"]})
+    assert {p.weight_bits(k) for k in others} == {4}
+    acts = sorted(_paths(shapes[layers.QUANT], "lsb")
+                  - {roles["last_act"], roles["classifier_input"]})
+    assert {p.act_bits(a) for a in acts} == {4}
+
+
+def _expected_act_sites(arch: str, params) -> set[str]:
+    """Every ReLU site (derived from the BatchNorms) plus every re-quantizer."""
+    bns = _paths(params, "scale")
+    if arch == "vgg16_bn":  # conv features_i, bn features_{i+1}, relu features_{i+2}
+        relus = {f"features_{int(b.split('_')[1]) + 1}" for b in bns}
+        return relus | {"classifier_1", "classifier_4", "classifier_input"}
+    if arch == "densenet161":  # normX -> reluX; norm5 is followed by the top-level relu5
+        relus = {re.sub(r"norm(\d?)$", r"relu\1", b) for b in bns if b != "features/norm5"}
+        return relus | {"relu5", "classifier_input"}
+    relus = {b[: -len("bn")] + "act" for b in bns}  # inception: X/bn -> X/act
+    mixed = ["Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+             "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"]
+    with_pool = [m for m in mixed if m not in ("Mixed_6a", "Mixed_7a")]
+    requant = {f"{m}/block_input" for m in mixed[1:]}
+    requant |= {f"{m}/branch_pool_input" for m in with_pool}
+    return relus | requant | {"AuxLogits/conv0_input", "AuxLogits/fc_input", "fc_input"}
+
+
+@pytest.mark.parametrize("arch", ZOO)
+def test_activation_quantizer_at_every_relu_and_requantizer(arch, quantized):
+    _, shapes = quantized[arch]
+    lsbs = _paths(shapes[layers.QUANT], "lsb")
+    assert lsbs == _expected_act_sites(arch, shapes["params"])
+    # ReLUs + re-quantizers: VGG 15 + 1, DenseNet 161 + 1, Inception 96 + 22.
+    assert len(lsbs) == {"vgg16_bn": 16, "densenet161": 162, "inception_v3": 118}[arch]
+

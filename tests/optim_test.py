@@ -1,0 +1,89 @@
+"""Learning-rate and batch-size schedules of FAQ.md section 5, in epochs and steps."""
+
+import ml_collections
+import numpy as np
+import pytest
+
+from faq_jax import config_defaults, optim
+
+
+def _sched(c, num_train):
+    return optim.batch_schedule(c, num_train, int(c.num_epochs))
+
+
+def test_4bit_exponential_lr_at_epochs():
+    c = config_defaults.paper_finetune("resnet34", 4)
+    num_train = 2560  # 10 steps of 256 per epoch
+    lr = optim.lr_schedule(c.optim, _sched(c, num_train))
+    for epoch in (0, 1, 30, 109):
+        for within in (0, 9):  # constant inside an epoch
+            got = float(lr(epoch * 10 + within))
+            assert got == pytest.approx(0.0015 * 0.936**epoch, rel=1e-5), epoch
+    assert float(lr(109 * 10)) == pytest.approx(1.1e-6, rel=0.05)  # "ends ~1e-6"
+    assert c.optim.weight_decay == 1e-4
+    assert config_defaults.paper_finetune("resnet18", 4).optim.weight_decay == 0.5e-4
+
+
+def test_8bit_constant_lr():
+    c = config_defaults.paper_finetune("resnet50", 8)
+    assert c.num_epochs == 1 and c.optim.schedule == "constant"
+    lr = optim.lr_schedule(c.optim, _sched(c, 2560))
+    assert float(lr(0)) == float(lr(9)) == pytest.approx(1e-4)
+
+
+def test_step_decay():
+    o = config_defaults.optim_config(1e-3, "step")
+    c = ml_collections.ConfigDict(dict(batch_size=256, micro_batch_size=0, batch_schedule=(),
+                                       num_epochs=110))
+    lr = optim.lr_schedule(o, _sched(c, 2560))
+    for epoch, want in [(0, 1e-3), (29, 1e-3), (30, 1e-4), (59, 1e-4), (60, 1e-5), (90, 1e-6),
+                        (109, 1e-6)]:
+        assert float(lr(epoch * 10)) == pytest.approx(want, rel=1e-5), epoch
+
+
+def test_batch_size_schedule_256_to_2048():
+    # FAQ ablation: 256 doubled at epochs 55, 150, 160, up to 2048, over 165 epochs.
+    c = ml_collections.ConfigDict(dict(
+        batch_size=256, micro_batch_size=256, num_epochs=165,
+        batch_schedule=((0, 256), (55, 512), (150, 1024), (160, 2048))))
+    s = _sched(c, 20480)
+    assert [s.batch_size(e) for e in (0, 54, 55, 149, 150, 159, 160, 164)] == \
+        [256, 256, 512, 512, 1024, 1024, 2048, 2048]
+    assert [s.accum(e) for e in (0, 55, 150, 160)] == [1, 2, 4, 8]
+    assert [s.steps_in_epoch(e) for e in (0, 55, 150, 160)] == [80, 40, 20, 10]
+    starts = s.epoch_starts()
+    assert starts[55] == 55 * 80 and starts[150] == 55 * 80 + 95 * 40
+    assert s.total_steps() == 55 * 80 + 95 * 40 + 10 * 20 + 5 * 10
+    assert s.locate(int(starts[150]) + 3) == (150, 3)
+    # Every epoch consumes (nearly) the whole training set in micro-batches.
+    assert s.micro_offset(56) == 55 * 80 + 40 * 2
+    # The lr still changes per *epoch*, not per step, when epochs hold fewer steps.
+    o = config_defaults.optim_config(0.0015, "exponential")
+    lr = optim.lr_schedule(o, s)
+    assert float(lr(int(starts[160]))) == pytest.approx(0.0015 * 0.936**160, rel=1e-5)
+
+
+def test_bad_batch_schedule():
+    with pytest.raises(ValueError, match="multiple of the micro-batch"):
+        optim.BatchSchedule(num_train=1000, num_epochs=2, micro=64, sizes=((0, 100),))
+    with pytest.raises(ValueError, match="start at epoch 0"):
+        optim.BatchSchedule(num_train=1000, num_epochs=2, micro=64, sizes=((1, 64),))
+
+
+def test_sgd_matches_torch_semantics():
+    # torch SGD: buf = m*buf + (g + wd*p); p -= lr*buf.
+    import jax.numpy as jnp
+
+    o = config_defaults.optim_config(0.1, "constant", weight_decay=0.01)
+    c = ml_collections.ConfigDict(dict(batch_size=1, micro_batch_size=0, batch_schedule=(),
+                                       num_epochs=1))
+    tx = optim.make_optimizer(o, _sched(c, 100))
+    p = {"w": jnp.asarray([1.0, -2.0])}
+    state = tx.init(p)
+    buf, ref = np.zeros(2), np.asarray([1.0, -2.0])
+    for g in ([0.5, 0.5], [-1.0, 0.25]):
+        upd, state = tx.update({"w": jnp.asarray(g)}, state, p)
+        p = {"w": p["w"] + upd["w"]}
+        buf = 0.9 * buf + (np.asarray(g) + 0.01 * ref)
+        ref = ref - 0.1 * buf
+    np.testing.assert_allclose(p["w"], ref, rtol=1e-6)

@@ -1,0 +1,107 @@
+"""The FAQ job end to end on the embedded digits: stages, resume, and bad input."""
+
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from faq_jax import checkpointing, config_defaults, train
+
+
+def _config(**overrides):
+    c = config_defaults.default_config()
+    c.stages = "calibrate,finetune"
+    c.batch_size = 32
+    c.eval_batch_size = 152  # 300 eval digits: 2 batches, the second padded
+    c.num_epochs = 1
+    c.log_every_steps = 2
+    c.checkpoint_every_steps = 1000
+    c.analysis.weight_similarity = True
+    for k, v in overrides.items():
+        node = c
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = v
+    return c
+
+
+def _params(result):
+    return jax.tree.leaves(result["variables"]["params"])
+
+
+@pytest.mark.slow
+def test_resume_equals_uninterrupted_run(tmp_path):
+    straight = train.train_and_evaluate(_config(max_steps=6), str(tmp_path / "a"))
+    # Same experiment, stopped after 3 updates, then restarted with the full budget.
+    train.train_and_evaluate(_config(max_steps=3), str(tmp_path / "b"))
+    assert "3" in os.listdir(tmp_path / "b" / "checkpoints")
+    resumed = train.train_and_evaluate(_config(max_steps=6), str(tmp_path / "b"))
+    for a, b in zip(_params(straight), _params(resumed), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    for a, b in zip(jax.tree.leaves(straight["variables"]["quant"]),
+                    jax.tree.leaves(resumed["variables"]["quant"]), strict=True):
+        assert float(a) == float(b)
+    # Exact evaluation: all 300 validation digits counted once.
+    assert resumed["quant_after"]["count"] == 300
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert summary["quant_after"]["top1"] == pytest.approx(straight["quant_after"]["top1"])
+    assert 0.9 < summary["weight_cosine"]["mean"] <= 1.0
+
+
+def test_bad_config_values_fail_before_compute(tmp_path):
+    cases = [
+        ({"quant.w_bits": 1}, "w_bits"),
+        ({"quant.a_bits": 33}, "a_bits"),
+        ({"calib.percentile_8bit": 100.5}, "percentile_8bit"),
+        ({"optim.lr": -0.1}, "lr"),
+        ({"arch": "resnet7"}, "unknown arch"),
+        ({"quant.rules": (("layer9_9/conv1", 4, None),)}, "layer9_9"),
+        ({"stages": "calibrate,fine_tune"}, "fine_tune"),
+        ({"batch_size": 30}, "batch_size"),
+        ({"init": "pretrained", "init_checkpoint": str(tmp_path / "nope")}, "init_checkpoint"),
+    ]
+    for overrides, match in cases:
+        with pytest.raises(ValueError, match=match):
+            train.train_and_evaluate(_config(**overrides), str(tmp_path / "w"))
+    assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_workdir_of_another_experiment_is_refused(tmp_path):
+    checkpointing.check_workdir(str(tmp_path), {"arch": "resnet50", "w_bits": 8})
+    with pytest.raises(ValueError, match="holds another experiment.*arch"):
+        train.train_and_evaluate(_config(), str(tmp_path))
+
+
+def test_corrupt_checkpoint_is_reported_and_kept(tmp_path):
+    wd = tmp_path / "w"
+    train.train_and_evaluate(_config(max_steps=1, stages="finetune"), str(wd))
+    ckpt = wd / "checkpoints" / "1"
+    victims = [p for p in ckpt.rglob("*") if p.is_file() and p.stat().st_size > 1000]
+    for p in victims:
+        p.write_bytes(b"\0" * 17)
+    before = sorted(str(p) for p in ckpt.rglob("*"))
+    with pytest.raises(checkpointing.CheckpointError, match="cannot restore checkpoint step 1"):
+        train.train_and_evaluate(_config(max_steps=2, stages="finetune"), str(wd))
+    assert sorted(str(p) for p in ckpt.rglob("*")) == before  # nothing overwritten
+    assert "2" not in os.listdir(wd / "checkpoints")
+
+
+def test_nan_loss_stops_with_the_step(tmp_path):
+    with pytest.raises(train.NonFiniteLossError, match=r"at step \d+"):
+        train.train_and_evaluate(_config(max_steps=6, stages="finetune", **{"optim.lr": 1e30}),
+                                 str(tmp_path))
+
+
+def test_sigterm_requests_a_checkpointed_stop(tmp_path):
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "c"))
+    try:
+        assert not ckpt.should_stop(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert ckpt.should_stop(1)
+    finally:
+        ckpt.close()
+    assert signal.getsignal(signal.SIGTERM) is not ckpt._on_sigterm

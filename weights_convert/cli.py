@@ -1,0 +1,249 @@
+"""``python -m weights_convert``: torchvision weights -> a faq_jax converted checkpoint.
+
+Examples::
+
+    python -m weights_convert --arch resnet50 --weights IMAGENET1K_V1 --out ckpt/resnet50 --verify
+    python -m weights_convert --arch resnet18 --state-dict resnet18.pth --out ckpt/r18 --verify
+
+``--verify`` runs torch (eval mode) and the converted Flax model on the same seeded random
+batch and fails (nothing written) when the max relative logit error exceeds 1e-4. The
+output is written to a temporary folder beside ``--out`` and renamed at the end, so a
+failed run leaves no ``--out`` behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from faq_jax import lazy_imports, models, pretrained
+from weights_convert import torchvision as tv_convert
+
+PARITY_TOL = 1e-4
+VERIFY_BATCH = 2
+
+
+class ConvertError(Exception):
+    """A failure the user can act on; printed without a traceback."""
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def torch_reference(arch: str, num_classes: int, **kwargs: Any) -> Any:
+    """The torch model ``arch`` (random init): torchvision's, or a CIFAR ResNet-20.
+
+    ResNet-20 has no torchvision counterpart; it is built from torchvision's ResNet parts
+    (``BasicBlock``, 1x1 conv + BN shortcuts) with the same module names as faq_jax's.
+    """
+    torch = lazy_imports.torch()
+    import torchvision
+
+    if arch != "resnet20":
+        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes,
+                                            **kwargs)
+    from torchvision.models import resnet as tv_resnet
+
+    nn = torch.nn
+
+    class CifarResNet(nn.Module):
+        def __init__(self, num_classes: int):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(16)
+            self.relu = nn.ReLU(inplace=True)
+            in_planes = 16
+            for stage, planes in enumerate((16, 32, 64)):
+                blocks = []
+                for i in range(3):
+                    stride = 2 if stage > 0 and i == 0 else 1
+                    down = None
+                    if stride != 1 or in_planes != planes:
+                        down = nn.Sequential(tv_resnet.conv1x1(in_planes, planes, stride),
+                                             nn.BatchNorm2d(planes))
+                    blocks.append(tv_resnet.BasicBlock(in_planes, planes, stride, down))
+                    in_planes = planes
+                setattr(self, f"layer{stage + 1}", nn.Sequential(*blocks))
+            self.fc = nn.Linear(64, num_classes)
+
+        def forward(self, x):
+            x = self.relu(self.bn1(self.conv1(x)))
+            x = self.layer3(self.layer2(self.layer1(x)))
+            return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+    return CifarResNet(num_classes, **kwargs)
+
+
+def _unwrap(obj: Any, where: str) -> dict[str, Any]:
+    """A plain state dict from what torch.load returned (``{"state_dict": ...}``,
+    ``{"model": ...}`` and DataParallel's ``module.`` prefix accepted)."""
+    for key in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not obj:
+        raise ConvertError(f"{where} does not hold a state dict (got {type(obj).__name__})")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+def _load_state_dict(path: str) -> tuple[dict[str, Any], str]:
+    torch = lazy_imports.torch()
+    if not os.path.isfile(path):
+        raise ConvertError(f"state dict file {path!r} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError ...
+        raise ConvertError(f"cannot read state dict file {path!r} (truncated, corrupt, or not "
+                           f"a torch.save file): {type(e).__name__}: {e}") from e
+    return _unwrap(obj, f"file {path!r}"), sha256(path)
+
+
+def _download(arch: str, weights: str) -> tuple[Any, str | None]:
+    """torchvision's pretrained model and the sha256 of the file in the torch hub cache."""
+    torch = lazy_imports.torch()
+    import torchvision
+
+    if arch not in torchvision.models.list_models():
+        raise ConvertError(f"torchvision has no pretrained {arch}; use --state-dict FILE")
+    try:
+        enum = torchvision.models.get_model_weights(arch)
+        w = enum[weights]
+    except KeyError:
+        names = ", ".join(m.name for m in torchvision.models.get_model_weights(arch))
+        raise ConvertError(f"unknown --weights {weights!r} for {arch}; torchvision has "
+                           f"{names}") from None
+    try:
+        model = torchvision.models.get_model(arch, weights=w)
+    except Exception as e:
+        raise ConvertError(
+            f"could not download torchvision's {arch} {weights} weights from {w.url} "
+            f"({type(e).__name__}: {e}). Offline? Copy the file into "
+            f"{os.path.join(torch.hub.get_dir(), 'checkpoints')} or pass "
+            "--state-dict FILE.pth") from e
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(w.url))
+    return model, sha256(cached) if os.path.isfile(cached) else None
+
+
+def _flax_kwargs(arch: str, torch_model: Any) -> dict[str, Any]:
+    """Architecture options the Flax model must share with the torch one (inception_v3)."""
+    if arch != "inception_v3":
+        return {}
+    return {k: bool(getattr(torch_model, k)) for k in ("aux_logits", "transform_input")
+            if hasattr(torch_model, k)}
+
+
+def parity_error(torch_model: Any, variables: Mapping[str, Any], arch: str,
+                 num_classes: int, *, size: int | None = None, seed: int = 0,
+                 **model_kwargs: Any) -> float:
+    """max|flax - torch| / max|torch| of eval-mode logits on a seeded random batch."""
+    torch = lazy_imports.torch()
+    import jax
+
+    size = size or models.spec(arch).image_size
+    x = torch.randn(VERIFY_BATCH, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    torch_model.eval()
+    with torch.no_grad():
+        ref = torch_model(x)
+    ref = (ref[0] if isinstance(ref, tuple) else ref).numpy()
+    module = models.create(arch, num_classes=num_classes, **model_kwargs)
+    out = jax.jit(lambda v, x: module.apply(v, x, train=False))(
+        variables, x.numpy().transpose(0, 2, 3, 1))
+    spread = np.max(np.abs(ref - ref.mean(0))) / np.max(np.abs(ref))
+    if spread < 1e-3:  # e.g. untrained weights whose features vanish: logits = fc bias
+        print(f"warning: {arch}'s logits barely depend on the input (spread {spread:.2g}); "
+              "the parity check says little about these weights", file=sys.stderr)
+    return float(np.max(np.abs(np.asarray(out) - ref)) / np.max(np.abs(ref)))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m weights_convert", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", required=True, choices=sorted(models.ARCHS))
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--weights", help="torchvision weights name, e.g. IMAGENET1K_V1 (online)")
+    src.add_argument("--state-dict", help="a torch.save'd state dict (.pth), e.g. offline")
+    p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    p.add_argument("--verify", action="store_true",
+                   help=f"check logits against torch; fail if relative error > {PARITY_TOL}")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classifier width (default: read off the weights)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    return p
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Converts (and verifies) as ``args`` say; returns the written folder."""
+    import torchvision
+
+    out = Path(args.out).absolute()
+    if out.exists() and not args.force and (not out.is_dir() or any(out.iterdir())):
+        raise ConvertError(f"--out {str(out)!r} exists and is not empty (pass --force)")
+    torch_model = None
+    if args.weights:
+        torch_model, digest = _download(args.arch, args.weights)
+        state_dict, source = torch_model.state_dict(), args.weights
+    else:
+        state_dict, digest = _load_state_dict(args.state_dict)
+        source = str(Path(args.state_dict).absolute())
+    kwargs = _flax_kwargs(args.arch, torch_model) if torch_model is not None else {}
+    if args.arch == "inception_v3" and torch_model is None:
+        # torchvision switches transform_input on whenever it loads pretrained weights.
+        kwargs = {"aux_logits": any(k.startswith("AuxLogits.") for k in state_dict),
+                  "transform_input": True}
+    try:
+        variables = tv_convert.convert(state_dict, args.arch, num_classes=args.num_classes,
+                                       **kwargs)
+    except ValueError as e:
+        raise ConvertError(f"{args.state_dict or args.weights}: {e}") from e
+    num_classes = int(args.num_classes or tv_convert.num_classes(variables, args.arch))
+    error = None
+    if args.verify:
+        if torch_model is None:
+            torch_model = torch_reference(args.arch, num_classes, **kwargs)
+            torch_model.load_state_dict(state_dict)
+        error = parity_error(torch_model, variables, args.arch, num_classes, **kwargs)
+        print(f"{args.arch}: max relative logit error vs torch = {error:.3g}")
+        if not error <= PARITY_TOL:
+            raise ConvertError(f"parity check failed: max relative logit error {error:.3g} > "
+                               f"{PARITY_TOL}; nothing written")
+    torch = lazy_imports.torch()
+    manifest = {
+        "arch": args.arch,
+        "num_classes": num_classes,
+        "model_kwargs": kwargs,
+        "source": source,
+        "source_sha256": digest,
+        "torchvision_version": torchvision.__version__,
+        "torch_version": torch.__version__,
+        "parity_max_rel_error": error,
+        "parity_image_size": models.spec(args.arch).image_size if args.verify else None,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    return pretrained.save(out, variables, manifest, overwrite=args.force)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point; returns the exit status (0 on success)."""
+    args = _parser().parse_args(argv)
+    try:
+        out = run(args)
+    except (ConvertError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,90 @@
+"""Every config file loads, names its arch and bits, and carries the paper's values."""
+
+import importlib.util
+import pathlib
+import re
+
+import pytest
+
+from faq_jax import config_check, models
+
+ROOT = pathlib.Path(__file__).parent.parent
+CONFIGS = sorted(ROOT.glob("configs/*.py"))
+ARCH_PREFIX = {"r18": "resnet18", "r34": "resnet34", "r50": "resnet50", "r152": "resnet152",
+               "inceptionv3": "inception_v3", "densenet161": "densenet161",
+               "vgg16bn": "vgg16_bn", "r20": "resnet20"}
+
+
+def load(path, arg=None):
+    """Loads a config file by path, as --config=PATH[:arg] does."""
+    spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def test_there_is_a_config_per_table1_row():
+    names = {p.stem for p in CONFIGS}
+    assert {"r18_w8a8", "r18_w4a4", "r34_w8a8", "r34_w4a4", "r50_w8a8", "r50_w4a4", "r152_w8a8",
+            "inceptionv3_w8a8", "densenet161_w8a8", "vgg16bn_w8a8"} <= names
+    assert {"r18_w4a4_ep60_b400", "r18_w4a4_stepdecay", "r18_w4a4_batchsched",
+            "r18_w4a4_wd1e-4", "r18_w4a4_nocalib", "r18_w4a4_scratch"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_loads_and_matches_its_name(path):
+    c = load(path)
+    assert c.arch in models.ARCHS
+    m = re.match(r"(?:cifar10_|digits_)?([a-z0-9]+)_(?:w(\d+)a(\d+)|fp32)", path.stem)
+    assert m, path.stem
+    assert ARCH_PREFIX[m.group(1)] == c.arch
+    if m.group(2):
+        assert c.quant.enabled
+        assert (c.quant.w_bits, c.quant.a_bits) == (int(m.group(2)), int(m.group(3)))
+    else:
+        assert not c.quant.enabled
+    doc = path.read_text().split('"""')[1]
+    assert "python -m faq_jax.main --config=configs/" + path.name in doc
+    config_check.make_policy(c)  # valid widths and rules
+    assert load(path, "runlocal").max_steps == 2
+
+
+@pytest.mark.parametrize("name", ["r18_w8a8", "r34_w8a8", "r50_w8a8", "r152_w8a8",
+                                  "inceptionv3_w8a8", "densenet161_w8a8", "vgg16bn_w8a8"])
+def test_8bit_recipe_values(name):
+    c = load(ROOT / "configs" / f"{name}.py")
+    assert (c.num_epochs, c.optim.lr, c.optim.schedule) == (1, 1e-4, "constant")
+    assert (c.batch_size, c.optim.momentum, c.optim.weight_decay) == (256, 0.9, 1e-4)
+    assert c.calib.num_batches == 5 and c.calib.percentile_8bit == 99.99
+    assert c.quant.input_lsb == -5 and c.quant.bn_scale_lsb == -4 and c.quant.bn_shift_bits == 32
+    if name == "inceptionv3_w8a8":
+        assert (c.data.image_size, c.data.eval_resize) == (299, 342)
+
+
+@pytest.mark.parametrize("name,wd", [("r18_w4a4", 0.5e-4), ("r34_w4a4", 1e-4),
+                                     ("r50_w4a4", 1e-4)])
+def test_4bit_recipe_values(name, wd):
+    c = load(ROOT / "configs" / f"{name}.py")
+    assert (c.num_epochs, c.optim.lr, c.optim.schedule, c.optim.decay_rate) == \
+        (110, 0.0015, "exponential", 0.936)
+    assert c.optim.weight_decay == wd
+    assert c.quant.weight_clip_std == 4.12 and c.calib.percentile_lowbit == 99.9
+    assert c.quant.paper_rules  # first/last layer 8-bit, last ReLU and FC input 8-bit
+
+
+def test_ablations():
+    cfg = {p.stem: load(p) for p in CONFIGS if p.stem.startswith("r18_w4a4_")}
+    assert (cfg["r18_w4a4_ep60_b400"].num_epochs, cfg["r18_w4a4_ep60_b400"].batch_size) == \
+        (60, 400)
+    s = cfg["r18_w4a4_stepdecay"].optim
+    assert (s.lr, s.schedule, tuple(s.step_epochs), s.step_factor) == \
+        (1e-3, "step", (30, 60, 90), 0.1)
+    b = cfg["r18_w4a4_batchsched"]
+    assert b.num_epochs == 165 and tuple(map(tuple, b.batch_schedule)) == \
+        ((0, 256), (55, 512), (150, 1024), (160, 2048))
+    assert cfg["r18_w4a4_wd1e-4"].optim.weight_decay == 1e-4
+    assert not cfg["r18_w4a4_nocalib"].calib.enabled
+    r = cfg["r18_w4a4_scratch"]
+    assert (r.init, r.optim.lr, r.optim.decay_rate) == ("random", 0.1, 0.901)
+    step = load(ROOT / "configs" / "r18_w4a4_scratch.py", "step")
+    assert tuple(step.optim.step_epochs) == (30, 60, 85, 95)

@@ -75,7 +75,7 @@ def test_gradient_is_the_in_range_mask(signed):
     codes = np.floor(np.asarray(x) * 4 + 0.5)
     np.testing.assert_array_equal(np.asarray(g), ((codes >= lo) & (codes <= hi)).astype(float))
     # The lsb is not learned: its cotangent is zero.
-    glsb = jax.grad(lambda l: jnp.sum(quant.fixed_point(x, bits=4, lsb=l, signed=signed)))(-2.0)
+    glsb = jax.grad(lambda e: jnp.sum(quant.fixed_point(x, bits=4, lsb=e, signed=signed)))(-2.0)
     assert float(glsb) == 0.0
 
 
@@ -91,12 +91,12 @@ def test_jit_vmap_and_array_lsb():
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 16)), jnp.float32)
     lsb = jnp.asarray([-1.0, -2.0, -3.0, -4.0])[:, None]
     eager = quant.fixed_point(x, bits=4, lsb=lsb, signed=True)
-    jitted = jax.jit(lambda x, l: quant.fixed_point(x, bits=4, lsb=l, signed=True))(x, lsb)
-    vmapped = jax.vmap(lambda x, l: quant.fixed_point(x, bits=4, lsb=l, signed=True))(x, lsb)
+    jitted = jax.jit(lambda x, e: quant.fixed_point(x, bits=4, lsb=e, signed=True))(x, lsb)
+    vmapped = jax.vmap(lambda x, e: quant.fixed_point(x, bits=4, lsb=e, signed=True))(x, lsb)
     np.testing.assert_array_equal(eager, jitted)
     np.testing.assert_array_equal(eager, vmapped)
-    for row, l in zip(np.asarray(eager), [-1, -2, -3, -4], strict=True):
-        np.testing.assert_array_equal(row, q(np.asarray(x)[[-1, -2, -3, -4].index(l)], 4, l, True))
+    for i, (row, e) in enumerate(zip(np.asarray(eager), [-1, -2, -3, -4], strict=True)):
+        np.testing.assert_array_equal(row, q(np.asarray(x)[i], 4, e, True))
 
 
 def test_bfloat16_exact_and_dtype_kept():

@@ -1,0 +1,314 @@
+"""Export a fine-tuned FAQ network as an integer-only network (FAQ.md sections 1-2).
+
+``export(model, variables)`` traces the quantized model once and returns an
+:class:`IntegerNetwork`: the layer graph (JSON) plus integer constants (NumPy):
+
+- conv/dense weights: signed b-bit codes (int8) with their per-tensor l;
+- folded BatchNorm ``y = x s + t``: s as 8-bit codes (l = -4), t as 32-bit codes (l = -16);
+- biases: 32-bit codes (l = -16); every activation quantizer: bits, signedness, its l.
+
+Every constant is computed by the functions the simulated network uses (``quant.weight_lsb``,
+``quant.to_codes``, the BatchNorm fold in float32 from the running statistics), so the
+integer network *is* the simulated one. The file format is specified in ``docs/export.md``.
+
+CLI: ``python -m faq_jax.export --workdir DIR --out net.npz [--onnx net.onnx]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import io
+import json
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from faq_jax import export_graph, quant
+from faq_jax.export_graph import ExportError
+
+FORMAT = "faq_jax.intnet"
+VERSION = 1
+
+
+@dataclasses.dataclass
+class IntegerNetwork:
+    """The layer graph (``graph``: JSON-able dict) and its integer constants (``arrays``)."""
+
+    graph: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def nodes(self) -> list[dict[str, Any]]:
+        return self.graph["nodes"]
+
+
+def save(net: IntegerNetwork, path: str) -> None:
+    """Writes ``net`` as one ``.npz``: the arrays plus ``__graph__`` (UTF-8 JSON bytes)."""
+    blob = np.frombuffer(json.dumps(net.graph, indent=1).encode(), np.uint8)
+    with open(path, "wb") as f:
+        np.savez_compressed(f, __graph__=blob, **net.arrays)
+
+
+def load(path: str) -> IntegerNetwork:
+    """Reads a file written by :func:`save`; checks format name and version."""
+    with np.load(path, allow_pickle=False) as z:
+        graph = json.loads(bytes(z["__graph__"]).decode())
+        arrays = {k: z[k] for k in z.files if k != "__graph__"}
+    if graph.get("format") != FORMAT or graph.get("version") != VERSION:
+        raise ExportError(f"{path}: not a {FORMAT} v{VERSION} file "
+                          f"(format={graph.get('format')!r}, version={graph.get('version')!r})")
+    return IntegerNetwork(graph, arrays)
+
+
+# ---- constants: the same JAX functions as the simulated network --------------------------
+
+def _get(tree: dict[str, Any], path: str) -> dict[str, Any]:
+    for key in path.split("/"):
+        tree = tree[key]
+    return tree
+
+
+def _bn_fold(gamma, beta, mean, var, eps):
+    """Exactly layers.BatchNorm's eval-mode fold, in float32 from float32 running stats."""
+    s = gamma * jax.lax.rsqrt(var + eps)
+    return s, beta - mean * s
+
+
+def _codes_and_overflow(x, bits: int, lsb) -> tuple[jax.Array, jax.Array]:
+    """``quant.to_codes`` and whether any value lay beyond the ``bits`` range."""
+    raw = jnp.floor(jnp.ldexp(x, -jnp.asarray(lsb, jnp.int32)) + 0.5)
+    lo, hi = quant.int_range(bits, True)
+    return quant.to_codes(x, bits=bits, lsb=lsb, signed=True), jnp.any((raw < lo) | (raw > hi))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _constants(leaves: dict[str, dict[str, jax.Array]], specs: tuple, policy) -> dict:
+    """Every exported constant in one compiled pass (the simulated network's functions)."""
+    out = {}
+    for op, path, bits, eps in specs:
+        v = leaves[path]
+        if op in ("conv", "dense"):
+            lsb = quant.weight_lsb(v["kernel"], bits=bits, clip_std=policy.clip_std(bits))
+            out[path] = {"w_l": lsb, "w": quant.to_codes(v["kernel"], bits=bits, lsb=lsb,
+                                                          signed=True)}
+            if "bias" in v:
+                out[path]["b"] = _codes_and_overflow(v["bias"], policy.bias_bits,
+                                                     policy.bias_lsb)
+        else:
+            s, t = _bn_fold(v["scale"], v["bias"], v["mean"], v["var"], eps)
+            out[path] = {"s": _codes_and_overflow(s, policy.bn_scale_bits, policy.bn_scale_lsb),
+                         "t": _codes_and_overflow(t, policy.bn_shift_bits, policy.bn_shift_lsb)}
+    return out
+
+
+def _int_dtype(bits: int, signed: bool) -> np.dtype:
+    for b in (8, 16, 32, 64):
+        if bits <= b:
+            return np.dtype(f"{'' if signed else 'u'}int{b}")
+    raise ExportError(f"{bits} bits do not fit an integer dtype")
+
+
+def export(model: nn.Module, variables: dict[str, Any], *,
+           input_shape: tuple[int, int, int] | None = None) -> IntegerNetwork:
+    """Turns a quantized model and its variables into an :class:`IntegerNetwork`.
+
+    Args:
+      model: a model built with a policy (``models.create(arch, policy=...)``).
+      variables: ``params``, ``batch_stats`` and the calibrated ``quant`` l's.
+      input_shape: (H, W, C) the graph is traced at (default 75x75x3, the smallest input
+        every zoo network accepts). The graph does not depend on H and W; its ONNX form
+        (static H, W) and VGG's adaptive pool do.
+
+    Returns:
+      The integer network; ``int_executor.run`` executes it.
+    """
+    policy = getattr(model, "policy", None)
+    if policy is None:
+        raise ExportError("the model has no precision policy (a float network): build it "
+                          "with models.create(arch, policy=...) and fine-tune it first")
+    if not policy.quantize_bn:
+        raise ExportError("policy.quantize_bn is False: BatchNorm constants are float and "
+                          "have no integer form")
+    if "quant" not in variables:
+        raise ExportError("variables have no 'quant' collection (activation l's): "
+                          "calibrate the network before exporting")
+    variables = {k: variables[k] for k in ("params", "batch_stats", "quant") if k in variables}
+    shape = tuple(input_shape or (75, 75, 3))
+    x = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
+    nodes = export_graph.trace(model, variables, x)
+    arrays: dict[str, np.ndarray] = {}
+    params, stats, qv = variables["params"], variables.get("batch_stats", {}), variables["quant"]
+    specs, leaves = [], {}
+    for node in nodes:
+        path = node.get("path")
+        if node["op"] in ("conv", "dense"):
+            specs.append((node["op"], path, policy.weight_bits(path), None))
+            leaves[path] = dict(_get(params, path))
+        elif node["op"] == "bn":
+            specs.append(("bn", path, None, float(node.pop("epsilon"))))
+            leaves[path] = {**_get(params, path), **_get(stats, path)}
+    consts = jax.device_get(_constants(leaves, tuple(specs), policy))
+
+    def check(path, what, pair, bits, lsb):
+        codes, overflow = pair
+        if overflow:
+            raise ExportError(f"{path} {what} overflows {bits} bits at l={lsb}")
+        return np.asarray(codes)
+
+    for node in nodes:
+        path, c = node.get("path"), consts.get(node.get("path"))
+        if node["op"] == "input":
+            node.update(bits=policy.input_bits, signed=True, l=policy.input_lsb)
+        elif node["op"] in ("conv", "dense"):
+            bits = policy.weight_bits(path)
+            node.update(w=f"{path}/w", w_bits=bits, w_l=int(c["w_l"]), bias=None)
+            arrays[node["w"]] = np.asarray(c["w"]).astype(_int_dtype(bits, True))
+            if node["op"] == "conv":
+                node.update(strides=list(node["strides"]),
+                            padding=[list(q) for q in node["padding"]])
+            if "b" in c:
+                node.update(bias=f"{path}/b", bias_l=policy.bias_lsb)
+                arrays[node["bias"]] = check(path, "bias", c["b"], policy.bias_bits,
+                                             policy.bias_lsb).astype(np.int32)
+        elif node["op"] == "bn":
+            node.update(s=f"{path}/s", s_l=policy.bn_scale_lsb, t=f"{path}/t",
+                        t_l=policy.bn_shift_lsb)
+            # s saturating at 8 bits is the simulated quantizer's clip (kept, not an error).
+            arrays[node["s"]] = np.asarray(c["s"][0]).astype(np.int8)
+            arrays[node["t"]] = check(path, "BN shift t", c["t"], policy.bn_shift_bits,
+                                      policy.bn_shift_lsb).astype(np.int32)
+        elif node["op"] == "requant":
+            lsb = np.asarray(_get(qv, path)["lsb"])
+            if lsb.shape != () or lsb != np.round(lsb):
+                raise ExportError(f"{path}: activation l {lsb} is not one integer")
+            node.update(bits=policy.act_bits(path), l=int(lsb))
+    graph = dict(format=FORMAT, version=VERSION, input_shape=list(shape), nodes=nodes,
+                 layout="NHWC", policy=dataclasses.asdict(policy))
+    return IntegerNetwork(graph, arrays)
+
+
+def random_variables(model: nn.Module, input_shape: tuple[int, int, int], *, seed: int = 0,
+                     batch: int = 2, calib_batches: int = 2) -> dict[str, Any]:
+    """Random weights, random BN statistics and calibrated l's (tests and benchmarks).
+
+    BN: γ ~ U(0.5, 1.5), β ~ N(0, 0.1²), running mean ~ N(0, 0.2²), var ~ U(0.5, 2); the
+    activation l's come from ``calibrate.calibrate`` on ``calib_batches`` N(0, 1) batches.
+    """
+    from faq_jax import calibrate  # noqa: PLC0415
+
+    key = jax.random.key(seed)
+    x = jax.random.normal(key, (batch, *input_shape))
+    variables = dict(model.init(jax.random.fold_in(key, 1), x))
+
+    def perturb(path, a):
+        k = jax.random.fold_in(key, hash(jax.tree_util.keystr(path)) % (2**31))
+        name = path[-1].key
+        if name == "var":
+            return jax.random.uniform(k, a.shape, minval=0.5, maxval=2.0)
+        if name == "mean":
+            return 0.2 * jax.random.normal(k, a.shape)
+        if name == "scale":
+            return jax.random.uniform(k, a.shape, minval=0.5, maxval=1.5)
+        if name == "bias":
+            return 0.1 * jax.random.normal(k, a.shape)
+        return a
+
+    for coll in ("params", "batch_stats"):
+        variables[coll] = jax.tree_util.tree_map_with_path(perturb, variables[coll])
+    batches = [jax.random.normal(jax.random.fold_in(key, 100 + i), x.shape)
+               for i in range(calib_batches)]
+    variables["quant"] = calibrate.calibrate(model, variables, batches)
+    return variables
+
+
+# ---- CLI --------------------------------------------------------------------------------
+
+def _config_from_workdir(workdir: str, config_path: str | None):
+    """The run's config: ``--config``, else ``config.json``, else experiment.json + defaults."""
+    import ml_collections  # noqa: PLC0415
+
+    from faq_jax import config_defaults  # noqa: PLC0415
+
+    with open(os.path.join(workdir, "experiment.json")) as f:
+        exp = json.load(f)
+    if config_path:
+        import importlib.util  # noqa: PLC0415
+        spec = importlib.util.spec_from_file_location("export_config", config_path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod.get_config()
+    full = os.path.join(workdir, "config.json")
+    if os.path.exists(full):
+        with open(full) as f:
+            return ml_collections.ConfigDict(json.load(f))
+    c = config_defaults.get_base(exp["arch"], exp["w_bits"] or 8, exp["a_bits"] or 8,
+                                 dataset=exp.get("dataset", "imagenet2012"))
+    c.num_classes = exp["num_classes"]
+    c.quant.enabled = bool(exp.get("quant", True))
+    c.quant.rules = tuple(tuple(r) for r in exp.get("rules", []))
+    return c
+
+
+def load_workdir(workdir: str, config_path: str | None = None
+                 ) -> tuple[nn.Module, dict[str, Any], Any]:
+    """(quantized model, latest fine-tuned variables, config) of a training workdir."""
+    import orbax.checkpoint as ocp  # noqa: PLC0415
+
+    from faq_jax import config_check, models  # noqa: PLC0415
+
+    config = _config_from_workdir(workdir, config_path)
+    policy = config_check.make_policy(config)
+    if policy is None:
+        raise ExportError(f"{workdir}: a float run (quant disabled); nothing to export")
+    summary_path = os.path.join(workdir, "summary.json")
+    summary = {}
+    if os.path.exists(summary_path):
+        with open(summary_path) as f:
+            summary = json.load(f)
+    if "calibrated_lsb" not in summary and config.calib.enabled:
+        raise ExportError(f"{workdir}: summary.json has no calibrated_lsb: the activation l's "
+                          "were never calibrated (run the calibrate stage, or pass --config "
+                          "with calib.enabled=False if that was deliberate)")
+    ckdir = os.path.join(workdir, "checkpoints")
+    mgr = ocp.CheckpointManager(ckdir)
+    step = mgr.latest_step()
+    if step is None:
+        raise ExportError(f"{ckdir}: no fine-tuned checkpoint")
+    state = mgr.restore(step, args=ocp.args.StandardRestore())
+    state = state if isinstance(state, dict) else dataclasses.asdict(state)
+    variables = {k: state[k] for k in ("params", "batch_stats", "quant")}
+    model = models.create(config.arch, policy=policy, num_classes=config.num_classes)
+    return model, variables, config
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m faq_jax.export --workdir DIR --out FILE.npz [--onnx FILE.onnx]``."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--out", required=True, help="integer network (.npz)")
+    ap.add_argument("--onnx", default=None, help="also write an ONNX integer model")
+    ap.add_argument("--config", default=None, help="the run's config file (full policy)")
+    ap.add_argument("--image_size", type=int, default=None,
+                    help="input H = W (default: the run's data.image_size)")
+    args = ap.parse_args(argv)
+    model, variables, config = load_workdir(args.workdir, args.config)
+    size = args.image_size or config.data.image_size
+    net = export(model, variables, input_shape=(size, size, 3))
+    save(net, args.out)
+    buf = io.StringIO()
+    buf.write(f"wrote {args.out}: {len(net.nodes)} nodes, {len(net.arrays)} arrays")
+    if args.onnx:
+        from faq_jax import onnx_export  # noqa: PLC0415
+        onnx_export.save(net, args.onnx)
+        buf.write(f"; {args.onnx}")
+    print(buf.getvalue())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""The integer export is the simulated network: bit for bit against the float64 simulation.
+
+Small instances of every zoo family (ResNet basic/bottleneck, ResNet-20, VGG, DenseNet,
+Inception blocks) with random weights, random BN statistics and calibrated l's; the
+executor is instrumented so every intermediate is checked to be an integer tensor.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from faq_jax import export, int_executor, layers, models
+from faq_jax import policy as policy_lib
+from faq_jax.models import densenet, inception, resnet, vgg
+
+
+class MiniInception(nn.Module):
+    """Stem + InceptionA (avg-pool branch, den 9) + InceptionB (max-pool of a mixed-l concat)."""
+
+    policy: policy_lib.Policy | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        p = self.policy
+        x = layers.InputQuant(policy=p, name="input_quant")(x)
+        x = inception.BasicConv2d(16, (3, 3), (2, 2), policy=p, name="Conv2d_1a_3x3")(x, train)
+        x = inception.InceptionA(policy=p, requant_input=False, pool_features=8,
+                                 name="Mixed_5b")(x, train)
+        x = inception.InceptionB(policy=p, name="Mixed_6a")(x, train)
+        x = layers.ActQuant(relu=False, policy=p, name="fc_input")(layers.global_avg_pool(x))
+        return layers.Dense(10, policy=p, name="fc")(x)
+
+
+def _small(family: str, policy: policy_lib.Policy) -> tuple[nn.Module, tuple[int, int, int]]:
+    """A small instance of a zoo family's module classes, and its input shape."""
+    if family == "resnet20":
+        return models.create("resnet20", policy=policy, num_classes=10), (32, 32, 3)
+    if family == "basic":
+        m = resnet.ResNet(stage_sizes=(1, 1, 1, 1), num_classes=10)
+    elif family == "bottleneck":
+        m = resnet.ResNet(stage_sizes=(1, 1, 1, 1), bottleneck=True, num_classes=10)
+    elif family == "vgg":  # 40x40 -> 10x10 -> adaptive 7x7: bins of 2 and 3 (den 4, 6, 9)
+        m = vgg.VGG(cfg=(8, "M", 16, "M"), num_classes=10)
+        return m.clone(policy=policy.with_roles(m.roles())), (40, 40, 3)
+    elif family == "densenet":
+        m = densenet.DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16,
+                              bn_size=2, num_classes=10)
+    elif family == "inception":
+        return MiniInception(policy=policy), (35, 35, 3)
+    else:
+        raise ValueError(family)
+    return m.clone(policy=policy.with_roles(m.roles())), (32, 32, 3)
+
+
+def _check_integer(node, t: int_executor.IntTensor) -> None:
+    assert t.q.dtype.kind in "iu", (node, t.q.dtype)
+    assert np.asarray(t.d).dtype.kind in "iu", (node, np.asarray(t.d).dtype)
+    assert isinstance(t.l, int)
+
+
+def _simulate_f64(model, variables, codes: np.ndarray, l_in: int) -> np.ndarray:
+    with jax.enable_x64(True):
+        x = jnp.ldexp(jnp.asarray(codes, jnp.float64), l_in)
+        y = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+        assert y.dtype == jnp.float64
+        return np.asarray(y)
+
+
+def _roundtrip_and_compare(model, shape, tmp_path, batch: int = 2, seed: int = 0):
+    variables = export.random_variables(model, shape, seed=seed)
+    net = export.export(model, variables, input_shape=shape)
+    export.save(net, str(tmp_path / "net.npz"))
+    net = export.load(str(tmp_path / "net.npz"))
+    x = np.asarray(jax.random.normal(jax.random.key(seed + 7), (batch, *shape)))
+    codes = int_executor.input_codes(net, x)
+    q, lsb = int_executor.run(net, codes, trace=_check_integer)
+    ref = _simulate_f64(model, variables, codes, net.nodes[0]["l"])
+    np.testing.assert_array_equal(np.ldexp(q.astype(np.float64), lsb), ref)
+    return net, variables, codes, q, lsb
+
+
+_slow = pytest.mark.slow
+
+
+@pytest.mark.parametrize("family,w,a", [
+    ("resnet20", 4, 4), pytest.param("resnet20", 8, 8, marks=_slow),
+    pytest.param("basic", 4, 4, marks=_slow), pytest.param("vgg", 8, 8, marks=_slow),
+    ("densenet", 4, 4), ("inception", 8, 8)])
+def test_bit_exact_against_float64_simulation(family, w, a, tmp_path):
+    model, shape = _small(family, policy_lib.paper_policy(w, a))
+    _roundtrip_and_compare(model, shape, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["bottleneck"])
+def test_bit_exact_bottleneck(family, tmp_path):
+    model, shape = _small(family, policy_lib.W4A4)
+    _roundtrip_and_compare(model, shape, tmp_path, batch=1)
+
+
+@pytest.mark.slow
+def test_bit_exact_full_inception_v3(tmp_path):
+    # The aux head is training-only and is not calibrated below 299x299: leave it out.
+    model = models.create("inception_v3", policy=policy_lib.W8A8, num_classes=10,
+                          transform_input=False, aux_logits=False)
+    _roundtrip_and_compare(model, (75, 75, 3), tmp_path, batch=1)
+
+
+def test_file_holds_integer_constants(tmp_path):
+    model, shape = _small("resnet20", policy_lib.W4A4)
+    net, *_ = _roundtrip_and_compare(model, shape, tmp_path)
+    assert net.graph["format"] == export.FORMAT and net.graph["version"] == export.VERSION
+    for node in net.nodes:
+        if node["op"] in ("conv", "dense"):
+            w = net.arrays[node["w"]]
+            assert w.dtype == np.int8 and np.abs(w).max() <= 2 ** (node["w_bits"] - 1) - 1
+        if node["op"] == "bn":
+            assert net.arrays[node["s"]].dtype == np.int8 and node["s_l"] == -4
+            assert net.arrays[node["t"]].dtype == np.int32 and node["t_l"] == -16
+    bits = {n["path"]: n["w_bits"] for n in net.nodes if n["op"] in ("conv", "dense")}
+    assert bits["conv1"] == bits["fc"] == 8 and bits["layer2_0/conv1"] == 4
+
+
+def test_requantize_is_add_half_then_shift():
+    q = np.arange(-1000, 1000, dtype=np.int64)
+    t = int_executor.IntTensor(q, -8)
+    got = int_executor.requantize(t, 8, -4, signed=True, relu=False)
+    want = np.clip((q + 8) >> 4, -127, 127)
+    np.testing.assert_array_equal(got, want)
+    ref = np.clip(np.floor(q / 16 + 0.5), -127, 127)
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_average_rounding_rule_matches_float_mean():
+    """Integer rule floor(2S 2^k + d) / 2d vs float mean then floor(x 2^-l + 1/2)."""
+    rng = np.random.default_rng(0)
+    for d in (9, 25, 49, 6):
+        s = rng.integers(0, 255 * d, 200_000).astype(np.int64)
+        for k in (-2, -1, 0, 1):
+            got = int_executor.requantize(int_executor.IntTensor(s, k, d), 16, 0, False, False)
+            mean32 = (np.ldexp(s.astype(np.float32), k) / np.float32(d)).astype(np.float32)
+            ref32 = np.clip(np.floor(mean32 + np.float32(0.5)), 0, 2**16 - 1)
+            ref64 = np.clip(np.floor(np.ldexp(s.astype(np.float64), k) / d + 0.5), 0, 2**16 - 1)
+            np.testing.assert_array_equal(got, ref64)
+            assert np.mean(got != ref32) < 1e-3
+
+
+def test_errors_name_the_problem():
+    model, shape = _small("resnet20", policy_lib.W8A8)
+    variables = export.random_variables(model, shape)
+    with pytest.raises(export.ExportError, match="no precision policy"):
+        export.export(models.create("resnet20", num_classes=10), variables)
+    with pytest.raises(export.ExportError, match="calibrate"):
+        export.export(model, {k: v for k, v in variables.items() if k != "quant"})
+    bad = jax.tree_util.tree_map_with_path(
+        lambda p, a: a + 1e6 if jax.tree_util.keystr(p).endswith("['bn1']['bias']") else a,
+        variables["params"])
+    with pytest.raises(export.ExportError, match="bn1 BN shift t overflows 32 bits"):
+        export.export(model, {**variables, "params": bad})
+
+
+def test_cli_refuses_an_uncalibrated_workdir(tmp_path):
+    import json  # noqa: PLC0415
+
+    (tmp_path / "experiment.json").write_text(json.dumps(dict(
+        arch="resnet20", num_classes=10, dataset="cifar10", quant=True, w_bits=8, a_bits=8,
+        rules=[])))
+    (tmp_path / "summary.json").write_text(json.dumps({"fp32": {"top1": 90.0}}))
+    with pytest.raises(export.ExportError, match="never calibrated"):
+        export.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "net.npz")])

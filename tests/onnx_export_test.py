@@ -1,0 +1,62 @@
+"""The ONNX export runs in onnxruntime and equals the integer executor bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from faq_jax import export, int_executor, models
+from faq_jax import policy as policy_lib
+
+ort = pytest.importorskip("onnxruntime")
+onnx_export = pytest.importorskip("faq_jax.onnx_export")
+
+
+def _session(model_proto):
+    return ort.InferenceSession(model_proto.SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("w,a", [(4, 4), (8, 8)])
+def test_onnx_integer_model_equals_executor(w, a):
+    model = models.create("resnet20", policy=policy_lib.paper_policy(w, a), num_classes=10)
+    net = export.export(model, export.random_variables(model, (32, 32, 3)),
+                        input_shape=(32, 32, 3))
+    codes = np.random.default_rng(0).integers(-127, 128, (3, 32, 32, 3)).astype(np.int8)
+    q, lsb = int_executor.run(net, codes)
+    proto = onnx_export.to_onnx(net)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert int(meta["logits_l"]) == lsb and int(meta["input_l"]) == net.nodes[0]["l"]
+    float_ops = {"Conv", "Gemm", "Relu", "AveragePool", "QuantizeLinear"}
+    assert not float_ops & {n.op_type for n in proto.graph.node}
+    out = _session(proto).run(None, {"x_codes": codes.transpose(0, 3, 1, 2)})[0]
+    assert out.dtype == np.int64
+    np.testing.assert_array_equal(out, q)
+
+
+def test_onnx_float_baseline_runs_and_mostly_agrees():
+    model = models.create("resnet20", policy=policy_lib.W8A8, num_classes=10)
+    net = export.export(model, export.random_variables(model, (32, 32, 3)),
+                        input_shape=(32, 32, 3))
+    codes = np.random.default_rng(1).integers(-100, 100, (4, 32, 32, 3)).astype(np.int8)
+    x = np.ldexp(codes.astype(np.float32), net.nodes[0]["l"]).transpose(0, 3, 1, 2)
+    out = _session(onnx_export.to_onnx(net, float_mode=True)).run(None, {"x": x})[0]
+    q, lsb = int_executor.run(net, codes)
+    assert out.shape == q.shape and out.dtype == np.float32
+    # No activation quantizers in the float graph: close to, not equal to, the integer logits.
+    ref = np.ldexp(q.astype(np.float64), lsb)
+    assert np.all(np.isfinite(out)) and np.corrcoef(out.ravel(), ref.ravel())[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("family", ["densenet", "vgg", "inception"])
+def test_onnx_other_families_equal_executor(family):
+    """avg pools (d = 4, 9, per-bin d), mixed-l concats, max pools of wide codes."""
+    from export_test import _small  # noqa: PLC0415 - tests/ is on sys.path (rootdir conftest)
+
+    model, shape = _small(family, policy_lib.paper_policy(4, 4) if family == "densenet"
+                          else policy_lib.W8A8)
+    net = export.export(model, export.random_variables(model, shape), input_shape=shape)
+    codes = np.random.default_rng(2).integers(-127, 128, (2, *shape)).astype(np.int8)
+    q, _ = int_executor.run(net, codes)
+    out = _session(onnx_export.to_onnx(net)).run(None, {"x_codes": codes.transpose(0, 3, 1, 2)})
+    np.testing.assert_array_equal(out[0], q)

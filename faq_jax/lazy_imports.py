@@ -22,7 +22,7 @@ def _preload_torch() -> None:
 
 
 def tensorflow() -> ModuleType:
-    """Returns ``tensorflow`` with its GPUs hidden, loading torch/triton first if installed."""
+    """Returns ``tensorflow`` (GPUs hidden), loading torch and triton first if installed."""
     if "tensorflow" not in sys.modules:
         _preload_torch()
     import tensorflow as tf

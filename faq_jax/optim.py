@@ -9,12 +9,15 @@ epoch-start steps rather than a division.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
+
+if TYPE_CHECKING:  # configs are read by attribute only: the core runs without ml_collections
+    import ml_collections
 
 SCHEDULES = ("constant", "exponential", "step")
 

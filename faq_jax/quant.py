@@ -64,32 +64,69 @@ def _compute_dtype(dtype) -> jnp.dtype:
     return jnp.promote_types(dtype, jnp.float32)
 
 
-def _shift(x: jax.Array, lsb: jax.Array) -> jax.Array:
-    """x * 2^l, exactly. (``exp2`` of an integer is not exact on XLA; ``ldexp`` is.)"""
-    return jnp.ldexp(x, jnp.asarray(lsb).astype(jnp.int32))
+def _shift_mode(lsb) -> str:
+    """How :func:`_shift` scales by 2^(+-l): decided at trace time, from l alone.
+
+    "scalar": l is concrete and 2^l, 2^-l are normal numbers (one multiply);
+    "ldexp": l is concrete and extreme (jnp.ldexp per element, the reference);
+    "split": l is traced (up to three normal power-of-two factors, see ``_shift``).
+    """
+    if isinstance(lsb, jax.core.Tracer):
+        return "split"
+    a = np.asarray(lsb)
+    return "scalar" if a.size and np.all(np.abs(a) <= 126) else "ldexp"
 
 
-def _codes(x: jax.Array, lsb: jax.Array, bits: int, signed: bool) -> jax.Array:
+def _shift(x: jax.Array, lsb: jax.Array, mode: str) -> jax.Array:
+    """x * 2^l, equal to ``jnp.ldexp(x, l)`` for every value the quantizer produces.
+
+    ``ldexp`` of a whole tensor costs a frexp, a float ``pow`` and selects per element:
+    most of a quantized network's elementwise work. Instead 2^l is built with ``ldexp``
+    on the (scalar) l and the tensor multiplied by it: a product with a power of two is
+    exact whenever it is a normal number, so it equals ``ldexp``'s. A traced l may lie
+    outside the normal exponent range (an all-zero calibration batch gives l = -134 at 8
+    bits), so it is split into three normal factors; only results below the smallest
+    normal number could then round twice, and the callers never see a difference: codes
+    floor(v + 1/2) of such v are 0, and shifted nonzero integer codes are normal.
+    (``exp2`` of an integer is not exact on XLA; ``ldexp`` is.)
+    """
+    k = jnp.asarray(lsb).astype(jnp.int32)
+    if mode == "ldexp":
+        return jnp.ldexp(x, k)
+    one = jnp.ones((), x.dtype)
+    if mode == "scalar":
+        return x * jnp.ldexp(one, k)
+    fi = jnp.finfo(x.dtype)
+    lo, hi = fi.minexp, fi.maxexp - 1  # exponents of the normal powers of two
+    k = jnp.clip(k, 3 * lo, 3 * hi)  # beyond this every finite x gives 0 or inf anyway
+    k1 = jnp.clip(k, lo, hi)
+    k2 = jnp.clip(k - k1, lo, hi)
+    return x * jnp.ldexp(one, k1) * jnp.ldexp(one, k2) * jnp.ldexp(one, k - k1 - k2)
+
+
+def _codes(x: jax.Array, lsb: jax.Array, bits: int, signed: bool, mode: str) -> jax.Array:
     """Unclipped integer codes floor(x 2^-l + 1/2), in the compute dtype."""
     ct = _compute_dtype(x.dtype)
-    return jnp.floor(_shift(x.astype(ct), -jnp.asarray(lsb)) + 0.5)
+    return jnp.floor(_shift(x.astype(ct), -jnp.asarray(lsb), mode) + 0.5)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _fixed_point(x: jax.Array, lsb: jax.Array, bits: int, signed: bool) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _fixed_point(x: jax.Array, lsb: jax.Array, bits: int, signed: bool, mode: str,
+                 ) -> jax.Array:
     lo, hi = int_range(bits, signed)
-    return _shift(jnp.clip(_codes(x, lsb, bits, signed), lo, hi), lsb).astype(x.dtype)
+    codes = jnp.clip(_codes(x, lsb, bits, signed, mode), lo, hi)
+    return _shift(codes, lsb, mode).astype(x.dtype)
 
 
-def _fixed_point_fwd(x, lsb, bits, signed):
+def _fixed_point_fwd(x, lsb, bits, signed, mode):
     lo, hi = int_range(bits, signed)
-    codes = _codes(x, lsb, bits, signed)
-    y = _shift(jnp.clip(codes, lo, hi), lsb).astype(x.dtype)
+    codes = _codes(x, lsb, bits, signed, mode)
+    y = _shift(jnp.clip(codes, lo, hi), lsb, mode).astype(x.dtype)
     in_range = (codes >= lo) & (codes <= hi)
     return y, (in_range, jnp.zeros_like(lsb))
 
 
-def _fixed_point_bwd(bits, signed, res, g):
+def _fixed_point_bwd(bits, signed, mode, res, g):
     in_range, zero_lsb = res
     # Straight-through: pass the gradient where x was representable, block it where clipped.
     # l is a frozen (activations) or non-differentiable (weights) quantity: zero cotangent.
@@ -117,8 +154,9 @@ def fixed_point(x: jax.Array, *, bits: int, lsb, signed: bool) -> jax.Array:
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"fixed_point expects a floating-point x, got dtype {x.dtype}")
+    mode = _shift_mode(lsb)
     lsb = jnp.asarray(lsb, _compute_dtype(x.dtype))
-    return _fixed_point(x, lsb, bits, bool(signed))
+    return _fixed_point(x, lsb, bits, bool(signed), mode)
 
 
 def to_codes(x: jax.Array, *, bits: int, lsb, signed: bool) -> jax.Array:
@@ -127,7 +165,9 @@ def to_codes(x: jax.Array, *, bits: int, lsb, signed: bool) -> jax.Array:
     _check_lsb(lsb)
     x = jnp.asarray(x)
     lo, hi = int_range(bits, signed)
-    codes = jnp.clip(_codes(x, jnp.asarray(lsb, _compute_dtype(x.dtype)), bits, signed), lo, hi)
+    mode = _shift_mode(lsb)
+    codes = jnp.clip(_codes(x, jnp.asarray(lsb, _compute_dtype(x.dtype)), bits, signed, mode),
+                     lo, hi)
     return codes.astype(jnp.int64 if bits > 31 and jax.config.jax_enable_x64 else jnp.int32)
 
 

@@ -1,0 +1,108 @@
+"""bf16 operands (``dtype=jnp.bfloat16``) leave a quantized network's forward values unchanged.
+
+Quantized weights and activations of at most 8 bits are b-bit integers times 2^l: exactly
+representable in bfloat16 (8 significant bits). Their products are exact in float32 (at most
+16 significant bits) and are all multiples of 2^(l_w + l_a), so float32 sums of them are exact
+integers in those units while below 2^24 units, whatever the summation order. So a quantized
+network with bf16 operands and float32 accumulation computes the *same* conv/dense outputs as
+with float32 operands, and everything after them (BN, quantizers) is then identical too.
+
+The tolerance allowed is float32 summation-order noise on the logits (1e-5 relative to the
+largest logit); on this CPU the logits come out bit-identical. The float network is not
+exact in bf16 (checked, so the test can fail). The backward pass is not exact either: the
+cotangents are rounded to bf16 before the transposed convs (measured below).
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from faq_jax import layers, models, steps
+from faq_jax import policy as policy_lib
+
+POLICIES = {"w8a8": policy_lib.W8A8, "w4a4": policy_lib.W4A4}
+X = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
+
+
+def _logits(policy, dtype, train: bool, arch: str = "resnet20", x=X):
+    """Logits of ``arch`` with ``dtype`` operands, from the same float32 variables."""
+    f32 = models.create(arch, policy=policy, num_classes=10)
+    variables = jax.jit(lambda x: f32.init(jax.random.key(0), x))(x[:1])
+    model = models.create(arch, policy=policy, num_classes=10, dtype=dtype)
+    fn = jax.jit(lambda v, x: model.apply(v, x, train=train, mutable=["batch_stats"])[0])
+    return np.asarray(fn(variables, x), np.float32)
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("name", ["w8a8", "w4a4"])
+def test_quantized_forward_is_exact_with_bf16_operands(name, train):
+    ref = _logits(POLICIES[name], None, train)
+    got = _logits(POLICIES[name], jnp.bfloat16, train)
+    assert np.abs(ref).max() > 0.1  # a live network, not all zeros
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_float_forward_is_not_exact_with_bf16_operands(train):
+    ref = _logits(None, None, train)
+    got = _logits(None, jnp.bfloat16, train)
+    assert np.abs(got - ref).max() > 1e-3 * np.abs(ref).max()
+
+
+def _conv_inputs_exact_in_bf16(arch: str, size: int) -> dict[str, bool]:
+    """Per conv/dense module path: is its input exactly a bfloat16 value (W4A4, train)?"""
+    model = models.create(arch, policy=policy_lib.W4A4, num_classes=10)
+    x = jax.random.normal(jax.random.key(1), (2, size, size, 3))
+    variables = jax.jit(lambda x: model.init(jax.random.key(0), x))(x[:1])
+
+    def run(v, x):
+        found = {}
+
+        def spy(next_fun, args, kwargs, context):
+            mod = context.module
+            if isinstance(mod, (layers.Conv, layers.Dense)) and context.method_name == "__call__":
+                a = args[0]
+                found["/".join(mod.path)] = jnp.all(a == a.astype(jnp.bfloat16).astype(a.dtype))
+            return next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(spy):
+            model.apply(v, x, train=True, mutable=["batch_stats"],
+                        rngs={"dropout": jax.random.key(2)})
+        return found
+
+    return {k: bool(v) for k, v in jax.jit(run)(variables, x).items()}
+
+
+@pytest.mark.parametrize("arch,size", [
+    ("resnet20", 32), ("resnet18", 32),
+    pytest.param("vgg16_bn", 32, marks=pytest.mark.slow),
+    pytest.param("densenet161", 32, marks=pytest.mark.slow),
+    pytest.param("inception_v3", 75, marks=pytest.mark.slow),
+])
+def test_every_conv_and_dense_input_is_exact_in_bf16(arch, size):
+    exact = _conv_inputs_exact_in_bf16(arch, size)
+    assert exact and all(exact.values()), [k for k, v in exact.items() if not v]
+
+
+@pytest.mark.parametrize("name", ["w8a8", "w4a4"])
+def test_bf16_gradients_are_close_not_identical(name):
+    """One step's gradients with bf16 operands: within 2% (relative L2) of float32."""
+    tx = optax.sgd(0.1)
+    labels = jnp.arange(8) % 10
+    grads = {}
+    for dt in (None, jnp.bfloat16):
+        model = models.create("resnet20", policy=POLICIES[name], num_classes=10, dtype=dt)
+        variables = jax.jit(lambda x, m=model: m.init(jax.random.key(0), x))(X[:1])
+        state = steps.create_state(variables, tx, jax.random.key(1))
+        step = jax.jit(steps.make_train_step(model, tx))
+        new, _ = step(state, {"image": X[None], "label": labels[None]})
+        # SGD with lr 0.1 and no momentum: the update is -0.1 * gradient.
+        grads[dt] = jax.tree.map(lambda a, b: (a - b) / 0.1, state.params, new.params)
+    a, b = (jnp.concatenate([g.ravel() for g in jax.tree.leaves(grads[d])])
+            for d in (None, jnp.bfloat16))
+    rel = float(jnp.linalg.norm(a - b) / jnp.linalg.norm(a))
+    print(f"{name}: relative L2 difference of bf16 vs f32 gradients {rel:.2e}")
+    assert 0 < rel < 2e-2

@@ -2,9 +2,9 @@
 
 Importing torchvision (through its ``triton`` dependency) after TensorFlow has been
 loaded crashes the interpreter with a segfault on some installations. Importing torch and
-triton first avoids it (torch alone does not). Every TensorFlow import in faq_jax goes through :func:`tensorflow`,
-which loads torch first whenever torch is installed, so a process that later converts
-weights (torch, torchvision) survives.
+triton first avoids it (torch alone does not). Every TensorFlow import in faq_jax goes
+through :func:`tensorflow`, which loads them first whenever they are installed, so a
+process that later converts weights (torch, torchvision) survives.
 """
 
 from __future__ import annotations

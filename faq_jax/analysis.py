@@ -1,15 +1,94 @@
 """The paper's analysis measures (FAQ.md section 6).
 
+- Gradient noise (Fig. 1): per conv/dense kernel, the cosine between the float SGD step
+  ``δw_t = w_t - w_{t-1}`` and an exponential moving average (factor 0.9) of the quantized
+  step ``Q(w_t) - Q(w_{t-1})``, Q being the layer's weight quantizer (its bits from the
+  precision policy, l recomputed from each w as in training). :class:`GradNoise` is pure and
+  jitted; ``train.fit`` runs it every step when ``config.analysis.grad_noise`` is set.
 - Weight similarity (Fig. 2): per layer, the mean over output channels (neurons) of the
   cosine between a neuron's weights before and after training.
 """
 
 from __future__ import annotations
 
+import os
+import pathlib
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+from faq_jax import quant
+from faq_jax.policy import Policy
+
+
+def _kernel_items(params: Any) -> list[tuple[str, Any]]:
+    """(module path, kernel) of every conv/dense kernel of a ``params`` tree."""
+    out = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        keys = [str(getattr(k, "key", k)) for k in path]
+        if keys[-1] == "kernel":
+            out.append(("/".join(keys[:-1]), leaf))
+    return out
+
+
+def _cosine(a: jax.Array, b: jax.Array) -> jax.Array:
+    """cos(a, b) over all elements; 0 when either vector is zero."""
+    a, b = a.reshape(-1).astype(jnp.float32), b.reshape(-1).astype(jnp.float32)
+    den = jnp.linalg.norm(a) * jnp.linalg.norm(b)
+    return jnp.where(den > 0, jnp.vdot(a, b) / jnp.where(den > 0, den, 1.0), 0.0)
+
+
+class GradNoise:
+    """Fig. 1's gradient-noise measure: cos(δw_t, EMA of the quantized step), per layer.
+
+    ``state = gn.init(params)``, then after every update
+    ``state, cos = gn.update(state, old_params, new_params)`` (jitted, no host sync):
+    ``cos`` maps each kernel's module path to a scalar. With ``policy=None`` Q is the
+    identity (cosine 1 for a constant step). The EMA starts at zero; the cosine does not
+    depend on its scale, so no bias correction is needed.
+    """
+
+    def __init__(self, policy: Policy | None, ema: float = 0.9):
+        if not 0.0 <= ema < 1.0:
+            raise ValueError(f"grad-noise EMA factor must lie in [0, 1), got {ema!r}")
+        self.policy = policy
+        self.ema = float(ema)
+        self.update = jax.jit(self._update)
+        # A real copy (not a forwarded input): fit donates the train state right after.
+        self.copy = jax.jit(lambda params: jax.tree.map(lambda x: x * 1, params))
+
+    def quantize(self, path: str, w: jax.Array) -> jax.Array:
+        """Q(w) with the layer's weight bits and a per-step l (what the forward pass uses)."""
+        if self.policy is None:
+            return w
+        bits = self.policy.weight_bits(path)
+        lsb = quant.weight_lsb(w, bits=bits, clip_std=self.policy.clip_std(bits))
+        return quant.fixed_point(w, bits=bits, lsb=lsb, signed=True)
+
+    def init(self, params: Any) -> dict[str, jax.Array]:
+        """Zero EMA of the quantized step, one per kernel."""
+        return {path: jnp.zeros(jnp.shape(k), jnp.float32) for path, k in _kernel_items(params)}
+
+    def _update(self, state: dict[str, jax.Array], old_params: Any, new_params: Any,
+                ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+        old = dict(_kernel_items(old_params))
+        new_state, cos = {}, {}
+        for path, w_new in _kernel_items(new_params):
+            w_old = old[path]
+            dq = self.quantize(path, w_new) - self.quantize(path, w_old)
+            ema = self.ema * state[path] + (1.0 - self.ema) * dq.astype(jnp.float32)
+            new_state[path] = ema
+            cos[path] = _cosine(w_new - w_old, ema)
+        return new_state, cos
+
+
+def summarize_grad_noise(cos: dict[str, Any]) -> dict[str, Any]:
+    """Host-side ``{"mean", "per_layer"}`` of one step's per-layer cosines."""
+    per_layer = {k: float(v) for k, v in jax.device_get(cos).items()}
+    mean = float(np.mean(list(per_layer.values()))) if per_layer else float("nan")
+    return {"mean": mean, "per_layer": per_layer}
 
 
 def neuron_cosines(before: np.ndarray, after: np.ndarray) -> np.ndarray:
@@ -22,7 +101,11 @@ def neuron_cosines(before: np.ndarray, after: np.ndarray) -> np.ndarray:
 
 
 def weight_similarity(before: Any, after: Any) -> dict[str, Any]:
-    """Per-layer and overall mean neuron cosine between two ``params`` trees' kernels."""
+    """Per-layer and overall mean neuron cosine between two ``params`` trees' kernels.
+
+    ``mean`` averages over all neurons of the network (Fig. 2's number); ``per_layer``
+    averages within each layer.
+    """
     per_layer, all_cos = {}, []
     flat_b = dict(_kernels(before))
     for path, k_after in _kernels(after):
@@ -34,9 +117,139 @@ def weight_similarity(before: Any, after: Any) -> dict[str, Any]:
 
 
 def _kernels(params: Any) -> list[tuple[str, np.ndarray]]:
-    out = []
-    for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]:
-        keys = [str(getattr(k, "key", k)) for k in path]
-        if keys[-1] == "kernel":
-            out.append(("/".join(keys[:-1]), np.asarray(leaf)))
-    return out
+    return [(p, np.asarray(k)) for p, k in _kernel_items(jax.device_get(params))]
+
+
+def read_scalars(workdir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar a run wrote to its TensorBoard events: tag -> [(step, value)], by step."""
+    from faq_jax import lazy_imports  # noqa: PLC0415 - TensorFlow only when reading events
+
+    tf = lazy_imports.tensorflow()
+    out: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(pathlib.Path(workdir).glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for v in event.summary.value:
+                if v.HasField("tensor") and v.tensor.dtype in (1, 2):  # float / double
+                    arr = tf.make_ndarray(v.tensor)
+                    if arr.size != 1:
+                        continue
+                    value = float(arr.reshape(()))
+                elif v.HasField("simple_value"):
+                    value = float(v.simple_value)
+                else:
+                    continue
+                out.setdefault(v.tag, []).append((int(event.step), value))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _pyplot() -> Any:
+    import matplotlib  # noqa: PLC0415 - plotting is optional
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    return plt
+
+
+def plot_grad_noise(per_bits: dict[str, dict[str, float]], path: str | os.PathLike,
+                    curves: dict[str, dict[str, list[tuple[int, float]]]] | None = None,
+                    ) -> None:
+    """Fig. 1 style: per-layer gradient-noise cosine, one line per precision.
+
+    Args:
+      per_bits: label (e.g. "W4A4") -> {layer: cosine} (``summary["grad_noise"]["per_layer"]``).
+      path: output PNG.
+      curves: optional label -> {layer: [(step, cosine)]}: adds a panel of the mean over
+        layers against the step (from :func:`read_scalars`'s ``grad_noise/<layer>`` tags).
+    """
+    plt = _pyplot()
+    ncols = 2 if curves else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(7 * ncols, 4), squeeze=False)
+    ax = axes[0][0]
+    for label, layers in per_bits.items():
+        names = list(layers)
+        ax.plot(range(len(names)), [layers[n] for n in names], "o-", label=label)
+    if per_bits:
+        names = list(next(iter(per_bits.values())))
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    ax.set_ylabel("cos(δw, EMA of quantized step)")
+    ax.set_title("Gradient noise per layer (Fig. 1)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if curves:
+        ax = axes[0][1]
+        for label, layers in curves.items():
+            steps = sorted({s for v in layers.values() for s, _ in v})
+            by_step = {s: [] for s in steps}
+            for v in layers.values():
+                for s, c in v:
+                    by_step[s].append(c)
+            ax.plot(steps, [np.mean(by_step[s]) for s in steps], label=label)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("mean over layers")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_weight_similarity(sims: dict[str, dict[str, Any]], path: str | os.PathLike) -> None:
+    """Fig. 2 style: per-layer mean neuron cosine (start vs end), one bar group per run."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    labels = list(sims)
+    names = list(sims[labels[0]]["per_layer"]) if labels else []
+    width = 0.8 / max(1, len(labels))
+    for i, label in enumerate(labels):
+        vals = [sims[label]["per_layer"].get(n, np.nan) for n in names]
+        ax.bar(np.arange(len(names)) + i * width, vals, width,
+               label=f"{label} (mean {sims[label]['mean']:.4f})")
+    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=90, fontsize=7)
+    ax.set_ylabel("mean neuron cosine, start vs end")
+    ax.set_title("Weight similarity per layer (Fig. 2)")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_accuracy(runs: dict[str, dict[str, list[tuple[int, float]]]],
+                  path: str | os.PathLike, offsets: dict[str, int] | None = None) -> None:
+    """Training top-1 against the step per run, plus its validation results as markers.
+
+    Args:
+      runs: run label -> :func:`read_scalars` of its workdir.
+      path: output PNG.
+      offsets: run label -> step its curve starts at (e.g. fine-tuning runs placed after
+        the baseline's last step).
+    """
+    plt = _pyplot()
+    offsets = offsets or {}
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, scalars in runs.items():
+        off = offsets.get(label, 0)
+        curve = scalars.get("train/top1", [])
+        last = curve[-1][0] if curve else 0
+        color = None
+        if curve:
+            s, v = zip(*curve, strict=True)
+            line, = ax.plot(off + np.asarray(s), 100 * np.asarray(v), label=f"{label} (train)")
+            color = line.get_color()
+        for tag, pts in scalars.items():
+            kind = tag.split("/")[0]
+            if not tag.endswith("/top1") or kind == "train" or (off and kind == "fp32"):
+                continue
+            for step, value in pts:  # before fine-tuning: at its start; the rest: at the end
+                x = off if kind == "quant_before" else off + (step or last)
+                ax.plot([x], [value], "x" if kind != "quant_before" else "o", color=color,
+                        ms=7)
+    ax.set_xlabel("step (fine-tuning runs continue from the baseline's last step)")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title("Accuracy: training (line), validation before (o) / after (x) fine-tuning")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

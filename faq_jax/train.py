@@ -21,8 +21,8 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from faq_jax import calibrate as calibrate_lib
 from faq_jax import (
+    analysis,
     checkpointing,
     config_check,
     input_pipeline,
@@ -32,7 +32,7 @@ from faq_jax import (
     sharding,
     steps,
 )
-from faq_jax.analysis import weight_similarity
+from faq_jax import calibrate as calibrate_lib
 
 
 def _clu() -> tuple[Any, Any]:
@@ -101,13 +101,21 @@ def evaluate(eval_step: Any, variables: dict[str, Any], config: ml_collections.C
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count())
     bsh = sharding.batch_sharding(mesh)
-    t0, n_batches = time.time(), 0
+    n_total = input_pipeline.num_eval_batches(config, local_batch_size=local,
+                                              process_count=jax.process_count())
+    if config.max_eval_batches > 0:
+        n_total = min(n_total, config.max_eval_batches)
+    t0 = time.time()
     for i, batch in enumerate(it):
-        if 0 < config.max_eval_batches <= i:
+        if i >= n_total:
             break
         m = eval_step(variables, sharding.to_global(batch, bsh))
         total = m if total is None else jax.tree.map(jnp.add, total, m)
-        n_batches += 1
+        if (i + 1) % 50 == 0:  # progress line; the batch count is known up front
+            rate = (i + 1) * config.eval_batch_size / max(time.time() - t0, 1e-9)
+            eta = (n_total - i - 1) * config.eval_batch_size / rate
+            logging.info("%s: batch %d/%d, %.1f img/s, ETA %.0f s", prefix, i + 1, n_total,
+                         rate, eta)
     total = jax.device_get(total)
     count = float(total["count"])
     result = {"top1": 100.0 * float(total["top1_sum"]) / count,
@@ -131,11 +139,14 @@ def _micro_batches(config, start: int, local_micro: int) -> Iterator[dict[str, n
 def fit(model, eval_step: Any, variables: dict[str, Any], config: ml_collections.ConfigDict,
         run: ml_collections.ConfigDict, ckpt_dir: str, mesh: jax.sharding.Mesh,
         writer: Any, *, num_train: int, eval_prefix: str,
-        ) -> dict[str, Any]:
+        analysis_out: dict[str, Any] | None = None) -> dict[str, Any]:
     """Trains ``model`` from ``variables`` with ``run`` (num_epochs, batch sizes, optim).
 
     Resumes from ``ckpt_dir`` if it holds a checkpoint; evaluates with ``eval_step`` (from
     :func:`make_evaluator`) every ``config.eval_every_epochs``; returns the final variables.
+    With ``config.analysis.grad_noise`` and a quantized ``model``, measures Fig. 1's gradient
+    noise every step (costs one params-sized copy on device), logs ``grad_noise/<layer>`` at
+    log steps and puts the last step's values in ``analysis_out["grad_noise"]``.
     """
     batches = optim.batch_schedule(run, num_train, int(np.ceil(run.num_epochs)))
     tx = optim.make_optimizer(run.optim, batches)
@@ -158,6 +169,10 @@ def fit(model, eval_step: Any, variables: dict[str, Any], config: ml_collections
                                                label_smoothing=config.label_smoothing),
                          in_shardings=(repl, sharding.batch_sharding(mesh, 1)),
                          out_shardings=(repl, repl), donate_argnums=0)
+    gn = gn_state = gn_cos = None
+    if config.analysis.grad_noise and getattr(model, "policy", None) is not None:
+        gn = analysis.GradNoise(model.policy, config.analysis.grad_noise_ema)
+        gn_state = gn.init(state.params)
     epoch, in_epoch = batches.locate(start) if start < total else (0, 0)
     stream_pos = batches.micro_offset(epoch) + in_epoch * batches.accum(epoch)
     data = _micro_batches(config, stream_pos, local_micro)
@@ -170,19 +185,27 @@ def fit(model, eval_step: Any, variables: dict[str, Any], config: ml_collections
         accum = batches.accum(epoch)
         micro = [next(data) for _ in range(accum)]
         batch = {k: np.stack([m[k] for m in micro]) for k in ("image", "label")}
+        old_params = gn.copy(state.params) if gn else None  # the step donates state
         state, metrics = train_step(state, sharding.to_global(batch, bsh))
+        if gn:
+            gn_state, gn_cos = gn.update(gn_state, old_params, state.params)
         pending.append((step + 1, metrics))
         images += accum * batches.micro
         done = step + 1
         end_of_epoch = in_epoch + 1 == batches.steps_in_epoch(epoch)
         if done % config.log_every_steps == 0 or done == total or end_of_epoch:
             _flush(pending, writer, images / max(time.time() - t0, 1e-9))
+            if gn:
+                writer.write_scalars(done, {f"grad_noise/{k}": v for k, v in
+                                            analysis.summarize_grad_noise(gn_cos)["per_layer"]
+                                            .items()})
             pending, t0, images = [], time.time(), 0
         report(done)
         ckpt.save(done, state)
         if ckpt.should_stop(done):
             _flush(pending, writer, 0.0)
-            ckpt.save(done, state, force=True)
+            if ckpt.latest_step() != done:  # the periodic save may have written it already
+                ckpt.save(done, state, force=True)
             ckpt.close()
             raise SystemExit(f"preempted: checkpoint saved at step {done} in {ckpt_dir}")
         if end_of_epoch and (epoch + 1) % max(1, config.eval_every_epochs) == 0 \
@@ -193,6 +216,8 @@ def fit(model, eval_step: Any, variables: dict[str, Any], config: ml_collections
     if ckpt.latest_step() != total:
         ckpt.save(total, state, force=True)
     ckpt.close()
+    if gn_cos is not None and analysis_out is not None:
+        analysis_out["grad_noise"] = analysis.summarize_grad_noise(gn_cos)
     return jax.device_get(state.variables())
 
 
@@ -219,6 +244,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     stages = config_check.validate(config)
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     checkpointing.check_workdir(workdir, config_check.experiment_id(config))
+    if jax.process_index() == 0:  # the full config of the latest run, for export and audit
+        (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
     writer = _clu()[0].create_default_writer(workdir,
                                                   just_logging=jax.process_index() > 0)
     writer.write_hparams({k: v for k, v in config.to_dict().items()
@@ -273,12 +300,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     if quant_model is not None and "finetune" in stages:
         start_params = variables["params"]
+        extra: dict[str, Any] = {}
         variables = fit(quant_model, quant_eval, variables, config, config, finetune_dir,
-                        mesh, writer, num_train=info.num_train, eval_prefix="quant")
+                        mesh, writer, num_train=info.num_train, eval_prefix="quant",
+                        analysis_out=extra)
+        summary.update(extra)
         summary["quant_after"] = evaluate(quant_eval, variables, config, mesh, writer,
                                           0, "quant_after")
         if config.analysis.weight_similarity:
-            summary["weight_cosine"] = weight_similarity(start_params, variables["params"])
+            summary["weight_cosine"] = analysis.weight_similarity(start_params,
+                                                                  variables["params"])
         _save_summary(workdir, summary)
     writer.flush()
     _log_table(summary)
@@ -300,7 +331,5 @@ def _log_table(summary: dict[str, Any]) -> None:
             lines.append(f"{name:32s} {r['top1']:7.2f} {r['top5']:7.2f}")
     if "weight_cosine" in summary:
         lines.append(f"mean weight cosine (start vs end): {summary['weight_cosine']['mean']:.4f}")
-    text = "\n".join(lines)
-    logging.info("summary\n%s", text)
-    if jax.process_index() == 0:
-        print(text, flush=True)
+    if jax.process_index() == 0:  # the run's result, for the console (summary.json has all)
+        print("\n".join(lines), flush=True)

@@ -54,7 +54,10 @@ def test_float_forward_is_not_exact_with_bf16_operands(train):
 
 def _conv_inputs_exact_in_bf16(arch: str, size: int) -> dict[str, bool]:
     """Per conv/dense module path: is its input exactly a bfloat16 value (W4A4, train)?"""
-    model = models.create(arch, policy=policy_lib.W4A4, num_classes=10)
+    # Below 299 px Inception's aux head runs on a zero stand-in map (see models/inception.py),
+    # which says nothing about real inputs: check the main network there.
+    kw = {"aux_logits": False} if arch == "inception_v3" and size < 299 else {}
+    model = models.create(arch, policy=policy_lib.W4A4, num_classes=10, **kw)
     x = jax.random.normal(jax.random.key(1), (2, size, size, 3))
     variables = jax.jit(lambda x: model.init(jax.random.key(0), x))(x[:1])
 

@@ -2,7 +2,8 @@
 
 ResNet-20 on scikit-learn's 8x8 digits (no download): fp32 baseline trained from scratch
 (8 epochs), calibrated, quantized to W4A4 (first/last layers 8-bit), fine-tuned 5 epochs.
-A few minutes on a 2-core CPU. Expected: fp32 ~95%, W4A4 after fine-tuning within ~1 point.
+Measured (2-core CPU, 44 s): fp32 94.00, W4A4 before fine-tuning 93.00, after 92.67 top-1
+on the 300 held-out digits (one image = 0.33 points).
 
   python -m faq_jax.main --config=configs/digits_r20_w4a4.py --workdir=/tmp/faq_digits
 """

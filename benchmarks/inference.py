@@ -82,13 +82,11 @@ def speed(archs: list[str], bits: int, size: int, threads: int, repeats: int) ->
 
 
 def _cifar_config():
-    import importlib.util  # noqa: PLC0415
+    from faq_jax import config_defaults  # noqa: PLC0415
 
-    path = os.path.join(os.path.dirname(__file__), "..", "configs", "cifar10_r20_fp32.py")
-    spec = importlib.util.spec_from_file_location("cifar10_r20_fp32", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.cifar10_base(8, 8)
+    archive = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
+                           "data", "cifar10-jpeg.tar.gz")
+    return config_defaults.cifar10_base(8, 8, os.path.normpath(archive))
 
 
 def agreement(ckpt: str, bits: int, max_images: int) -> None:

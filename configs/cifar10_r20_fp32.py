@@ -14,31 +14,13 @@ import os
 
 from faq_jax import config_defaults as common
 
-ARCHIVE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
-                       "cifar10-jpeg.tar.gz")
-
-
-def cifar10_base(w_bits: int = 8, a_bits: int = 8):
-    """resnet20 on the CIFAR-10 JPEG archive: 32x32, pad-crop-flip augmentation."""
-    c = common.get_base("resnet20", w_bits, a_bits, dataset="cifar10")
-    c.num_classes = 10
-    c.data.archive = os.path.normpath(ARCHIVE)
-    c.data.image_size = 32
-    c.data.eval_resize = 32
-    c.data.augment = "cifar"
-    c.data.mean = (0.4914, 0.4822, 0.4465)
-    c.data.std = (0.2470, 0.2435, 0.2616)
-    c.data.num_train = 45_000
-    c.data.shuffle_buffer = 8192
-    c.batch_size = 128
-    c.eval_batch_size = 500
-    c.log_every_steps = 50
-    c.checkpoint_every_steps = 500
-    return c
+# ../shared/data/cifar10-jpeg.tar.gz beside the repository.
+ARCHIVE = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                        "shared", "data", "cifar10-jpeg.tar.gz"))
 
 
 def get_config(arg=None):
-    c = cifar10_base()
+    c = common.cifar10_base(8, 8, ARCHIVE)
     c.quant.enabled = False
     c.init = "random"
     c.stages = "pretrain,eval_fp32"

@@ -11,24 +11,20 @@ pretrained initialisation each worth something (ablations: --config.calib.enable
       --config.init_checkpoint=~/faq/cifar10_r20_fp32_weights
 """
 
-import importlib.util
 import os
 
+from faq_jax import config_defaults as common
 
-def _base():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cifar10_r20_fp32.py")
-    spec = importlib.util.spec_from_file_location("cifar10_r20_fp32", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+# ../shared/data/cifar10-jpeg.tar.gz beside the repository.
+ARCHIVE = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                        "shared", "data", "cifar10-jpeg.tar.gz"))
 
 
 def get_config(arg=None):
-    base = _base()
-    c = base.cifar10_base(4, 4)
+    c = common.cifar10_base(4, 4, ARCHIVE)
     c.init = "pretrained"
     c.stages = "eval_fp32,calibrate,eval_quant,finetune"
     c.num_epochs = 30
-    c.optim = base.common.optim_config(0.0015, "exponential", 1e-4)
+    c.optim = common.optim_config(0.0015, "exponential", 1e-4)
     c.optim.decay_rate = 0.85
-    return base.common.with_arg(c, arg)
+    return common.with_arg(c, arg)

@@ -186,3 +186,26 @@ def with_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.Co
     if arg == "runlocal":
         return runlocal(c)
     raise ValueError(f"unknown config argument {arg!r}; the only one is 'runlocal'")
+
+
+def cifar10_base(w_bits: int, a_bits: int, archive: str) -> ml_collections.ConfigDict:
+    """ResNet-20 on the CIFAR-10 JPEG archive: 32x32, pad-crop-flip, CIFAR mean/std.
+
+    ``archive`` is the path of ``cifar10-jpeg.tar.gz`` (configs/cifar10_r20_*.py point it at
+    ``../shared/data`` beside the repository).
+    """
+    c = get_base("resnet20", w_bits, a_bits, dataset="cifar10")
+    c.num_classes = 10
+    c.data.archive = archive
+    c.data.image_size = 32
+    c.data.eval_resize = 32
+    c.data.augment = "cifar"
+    c.data.mean = (0.4914, 0.4822, 0.4465)
+    c.data.std = (0.2470, 0.2435, 0.2616)
+    c.data.num_train = 45_000
+    c.data.shuffle_buffer = 8192
+    c.batch_size = 128
+    c.eval_batch_size = 500
+    c.log_every_steps = 50
+    c.checkpoint_every_steps = 500
+    return c

@@ -39,11 +39,20 @@ def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding,
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Places a host pytree on every device (same value in every process)."""
+    """Places a pytree on every device (same value in every process).
+
+    Arrays already replicated over ``mesh`` are returned as they are (no host round trip).
+    """
     sharding = replicated(mesh)
-    return jax.tree.map(lambda x: jax.device_put(np.asarray(x), sharding)
-                        if jax.process_count() == 1 else
-                        jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+
+    def put(x):
+        if isinstance(x, jax.Array) and x.sharding == sharding:
+            return x
+        if jax.process_count() == 1:
+            return jax.device_put(np.asarray(x), sharding)
+        return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+    return jax.tree.map(put, tree)
 
 
 def check_divisible(global_batch: int, what: str) -> int:

@@ -85,8 +85,14 @@ class Checkpointer:
             ) from e
 
     def should_stop(self, step: int) -> bool:
-        """True when the job is being preempted (SIGTERM or the JAX preemption notice)."""
-        return self._sigterm.is_set() or self.manager.reached_preemption(step)
+        """True when the job is being preempted (SIGTERM or the JAX preemption notice).
+
+        With several processes only JAX's preemption sync point counts: a SIGTERM seen by
+        one process alone would send it into a collective save the others never join.
+        """
+        if jax.process_count() == 1 and self._sigterm.is_set():
+            return True
+        return self.manager.reached_preemption(step)
 
     def save(self, step: int, state: Any, *, force: bool = False) -> bool:
         return self.manager.save(step, args=ocp.args.StandardSave(state), force=force)

@@ -15,10 +15,14 @@ CPU (this repo's 2-core box)::
 
     python benchmarks/train_step.py --archs resnet18 --batch 8 --steps 2 --reps 5 --peer eager
 
-GPU (H100)::
+GPU (H100; one arch per command keeps each under 10 minutes, most of it compiling)::
 
-    python benchmarks/train_step.py --archs resnet18,resnet50 --batch 256 --steps 10 \
-        --reps 5 --compute_dtype float32,bfloat16 --peer eager,compile
+    XLA_PYTHON_CLIENT_PREALLOCATE=false python benchmarks/train_step.py --archs resnet18 \
+        --batch 256 --steps 10 --reps 3 --compute_dtype float32,bfloat16,bfloat16_outputs \
+        --peer compile
+
+``compute_dtype`` values are config.compute_dtype's (docs/speed.md); the peer runs float32
+and ``torch.autocast(bfloat16)`` ("autocast"), compared with the bf16 modes.
 
 Needs only the core (jax, flax, optax; torch/torchvision for the peer): no TensorFlow,
 tfds, ml_collections or clu.
@@ -47,12 +51,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from faq_jax import models, optim, quant, steps
+from faq_jax import layers, models, optim, quant, steps
 from faq_jax import policy as policy_lib
 
 POLICIES = {"fp32": None, "w8a8": policy_lib.W8A8, "w4a4": policy_lib.W4A4}
 BITS = {"w8a8": (8, 8), "w4a4": (4, 4)}  # peer: (weight bits, activation bits)
-DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+DTYPES = layers.COMPUTE_DTYPES  # config.compute_dtype values
 
 
 @dataclasses.dataclass
@@ -203,7 +207,7 @@ def torch_variant(arch: str, pol: str, mode: str, dtype: str, batch: int,
     x = torch.randn(batch, 3, size, size, device=dev).to(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (batch,), device=dev)
     fwd = torch.compile(net) if mode == "compile" else net
-    amp = dtype == "bfloat16"
+    amp = dtype == "autocast"  # bf16 operands and outputs
 
     def one() -> None:
         opt.zero_grad(set_to_none=True)
@@ -247,7 +251,7 @@ def bench_arch(arch: str, args: argparse.Namespace) -> None:
         if torch is None:
             print("torch not installed: no peer")
             break
-        for dt in dtypes:
+        for dt in dict.fromkeys("float32" if d == "float32" else "autocast" for d in dtypes):
             for pol in pols:
                 print(f"[{arch}] building torch {pol} {dt} {mode} ...", flush=True)
                 try:
@@ -277,18 +281,19 @@ def bench_arch(arch: str, args: argparse.Namespace) -> None:
             a, b = f"jax {pol} {dt}", f"jax fp32 {dt}"
             if a in med and b in med:
                 print(f"  {a} / {b}: {med[a] / med[b]:.3f}")
-    if "float32" in dtypes and "bfloat16" in dtypes:
+    for dt in dtypes:
         for pol in pols:
-            a, b = f"jax {pol} float32", f"jax {pol} bfloat16"
-            if a in med and b in med:
-                print(f"  speed-up bf16 over fp32 ({pol}): {med[a] / med[b]:.3f}")
+            a, b = f"jax {pol} float32", f"jax {pol} {dt}"
+            if dt != "float32" and a in med and b in med:
+                print(f"  speed-up {dt} over float32 ({pol}): {med[a] / med[b]:.3f}")
     print("throughput faq_jax / peer (> 1 = faq_jax faster):")
     for v in variants:
         if v.name.startswith("torch "):
             _, pol, dt, mode = v.name.split()
-            j = f"jax {pol} {dt}"
-            if j in med:
-                print(f"  {j} / {v.name}: {med[v.name] / med[j]:.3f}")
+            for jdt in dtypes:
+                j = f"jax {pol} {jdt}"
+                if j in med and (jdt == "float32") == (dt == "float32"):
+                    print(f"  {j} / {v.name}: {med[v.name] / med[j]:.3f}")
 
 
 def main() -> None:
@@ -301,7 +306,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--policies", default="fp32,w8a8,w4a4")
     p.add_argument("--compute_dtype", default="float32,bfloat16",
-                   help="comma list of float32,bfloat16 (conv/dense operand dtype)")
+                   help="comma list of float32,bfloat16,bfloat16_outputs (config.compute_dtype)")
     p.add_argument("--peer", default="eager",
                    help="comma list of eager,compile (torch peer modes); empty: no peer")
     args = p.parse_args()

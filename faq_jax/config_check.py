@@ -13,7 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from faq_jax import models, optim
+from faq_jax import layers, models, optim
 from faq_jax import policy as policy_lib
 
 STAGES = ("pretrain", "eval_fp32", "calibrate", "eval_quant", "finetune")
@@ -51,8 +51,9 @@ def validate(config: ml_collections.ConfigDict) -> set[str]:
               f"choose from {STAGES}")
     if config.init not in ("pretrained", "random"):
         _fail("init", config.init, "must be 'pretrained' or 'random'")
-    if config.compute_dtype not in ("float32", "bfloat16"):
-        _fail("compute_dtype", config.compute_dtype, "must be 'float32' or 'bfloat16'")
+    if config.compute_dtype not in layers.COMPUTE_DTYPES:
+        _fail("compute_dtype", config.compute_dtype,
+              f"must be one of {sorted(layers.COMPUTE_DTYPES)}")
     make_policy(config)  # bits, lsb's, percentiles, rules
     c = config.calib
     if not isinstance(c.num_batches, int) or c.num_batches < 1:

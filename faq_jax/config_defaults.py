@@ -60,7 +60,9 @@ def get_base(arch: str, w_bits: int, a_bits: int, *, num_epochs: float = 1,
     if arch == "inception_v3":
         c.data.image_size, c.data.eval_resize = 299, 342
     c.data.num_train = IMAGENET_TRAIN  # informational; the pipeline counts the real split
-    c.compute_dtype = "float32"  # "bfloat16": conv/matmul operands (exact for <= 8-bit ones)
+    # "bfloat16": bf16 conv/matmul operands, exact for <= 8-bit ones; "bfloat16_outputs":
+    # bf16 outputs too (fast cuDNN kernels, forward values change). See docs/speed.md.
+    c.compute_dtype = "float32"
 
     # Precision policy (FAQ.md sections 2 and 4).
     c.quant = ml_collections.ConfigDict(dict(

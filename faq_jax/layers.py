@@ -12,6 +12,7 @@ the l its batch asks for. Activation l's live in the ``quant`` collection, never
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -54,11 +55,38 @@ def _quantize_bias(module: nn.Module, b: jax.Array) -> jax.Array:
     return quant.fixed_point(b, bits=p.bias_bits, lsb=p.bias_lsb, signed=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class Precision:
+    """Operand and output dtypes of every conv/dense (the kernels accumulate in float32).
+
+    ``Precision(bfloat16, float32)`` is exact for quantized operands (see
+    ``COMPUTE_DTYPES``); ``Precision(bfloat16, bfloat16)`` also rounds the outputs to
+    bfloat16, as mixed-precision training (torch autocast) does: cuDNN's fast bf16 kernels
+    need bf16 outputs, so this is the fast mode on GPUs, and it changes forward values.
+    """
+
+    operands: Any
+    outputs: Any
+
+
+# config.compute_dtype -> the ``dtype`` given to models.create.
+COMPUTE_DTYPES: dict[str, Any] = {
+    "float32": None,  # operands in the input's precision
+    "bfloat16": jnp.bfloat16,  # bf16 operands, float32 outputs: exact for <= 8-bit operands
+    "bfloat16_outputs": Precision(jnp.bfloat16, jnp.bfloat16),  # bf16 outputs too: fast, inexact
+}
+
+
 def _operands(x: jax.Array, w: jax.Array, dtype: Any) -> tuple[jax.Array, jax.Array, Any]:
-    """Casts both operands to the compute dtype; accumulation stays float32."""
+    """Casts both operands to the compute dtype; returns them and the output dtype.
+
+    ``dtype``: None (input precision), a dtype (operands; float32 outputs), or a Precision.
+    """
     if dtype is None:
         dt = jnp.promote_types(x.dtype, w.dtype)
         return x.astype(dt), w.astype(dt), None
+    if isinstance(dtype, Precision):
+        return x.astype(dtype.operands), w.astype(dtype.operands), dtype.outputs
     return x.astype(dtype), w.astype(dtype), jnp.float32
 
 
@@ -66,7 +94,8 @@ class Conv(nn.Module):
     """2-D convolution (NHWC, HWIO kernel) with explicit torch-style padding.
 
     ``dtype`` sets the operand dtype (e.g. bfloat16: exact for quantized operands of at
-    most 8 bits) with float32 accumulation; None computes in the input's precision.
+    most 8 bits) with float32 accumulation, or a ``Precision``; None computes in the
+    input's precision.
     """
 
     features: int
@@ -147,13 +176,15 @@ class BatchNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         c = x.shape[-1]
+        # Computed in (at least) float32 whatever x's dtype: in bf16 the backward pass's
+        # cancellations (dx = s (g - mean g - x_hat mean(g x_hat))) would lose the gradient.
+        xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # f64 stays f64
         gamma = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
         beta = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
         if train:
             axes = tuple(range(x.ndim - 1))
-            xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # f64 stays f64
             mean = jnp.mean(xf, axes)
             var = jnp.mean(jnp.square(xf - mean), axes)
             if not self.is_initializing():
@@ -170,7 +201,7 @@ class BatchNorm(nn.Module):
             p = self.policy
             s = quant.fixed_point(s, bits=p.bn_scale_bits, lsb=p.bn_scale_lsb, signed=True)
             t = quant.fixed_point(t, bits=p.bn_shift_bits, lsb=p.bn_shift_lsb, signed=True)
-        return (x * s.astype(x.dtype) + t.astype(x.dtype)).astype(x.dtype)
+        return (xf * s.astype(xf.dtype) + t.astype(xf.dtype)).astype(x.dtype)
 
 
 class ActQuant(nn.Module):

@@ -26,6 +26,7 @@ from faq_jax import (
     checkpointing,
     config_check,
     input_pipeline,
+    layers,
     lazy_imports,
     models,
     optim,
@@ -254,7 +255,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  jax.devices())
     mesh = sharding.make_mesh()
     info = input_pipeline.dataset_info(config)
-    dtype = jnp.bfloat16 if config.compute_dtype == "bfloat16" else None
+    dtype = layers.COMPUTE_DTYPES[config.compute_dtype]
     float_model = models.create(config.arch, num_classes=config.num_classes, dtype=dtype)
     pol = config_check.make_policy(config)
     quant_model = None if pol is None else models.create(

@@ -11,6 +11,10 @@ The tolerance allowed is float32 summation-order noise on the logits (1e-5 relat
 largest logit); on this CPU the logits come out bit-identical. The float network is not
 exact in bf16 (checked, so the test can fail). The backward pass is not exact either: the
 cotangents are rounded to bf16 before the transposed convs (measured below).
+
+``compute_dtype="bfloat16_outputs"`` (bf16 conv/dense outputs, the fast GPU mode) is not
+exact: its outputs are the exact result rounded once to bf16 (checked), and its gradients
+are only checked to point the same way.
 """
 
 import flax.linen as nn
@@ -90,13 +94,39 @@ def test_every_conv_and_dense_input_is_exact_in_bf16(arch, size):
     assert exact and all(exact.values()), [k for k, v in exact.items() if not v]
 
 
+def test_bf16_outputs_mode_rounds_conv_and_dense_outputs_to_bf16():
+    """``bfloat16_outputs``: the exact float32 result, rounded once to bfloat16."""
+    x = jax.random.normal(jax.random.key(3), (4, 9, 9, 16)).astype(jnp.bfloat16)
+    for layer, xin in ((layers.Conv(32, (3, 3)), x), (layers.Dense(32), x.reshape(4, -1))):
+        v = layer.init(jax.random.key(4), xin.astype(jnp.float32))
+        # bf16-exact kernel: then the float32 result is the exact sum up to f32 rounding.
+        v = jax.tree.map(lambda w: w.astype(jnp.bfloat16).astype(jnp.float32), v)
+        exact = layer.clone(dtype=jnp.bfloat16).apply(v, xin)
+        fast = layer.clone(dtype=layers.COMPUTE_DTYPES["bfloat16_outputs"]).apply(v, xin)
+        assert exact.dtype == jnp.float32 and fast.dtype == jnp.bfloat16
+        ref = np.asarray(exact.astype(jnp.bfloat16), np.float32)
+        got = np.asarray(fast, np.float32)
+        # one bf16 rounding of the (order-dependent) f32 sum: at most one bf16 ulp apart
+        np.testing.assert_allclose(got, ref, rtol=2**-7, atol=0)
+        assert np.mean(got == ref) > 0.9
+
+
 @pytest.mark.parametrize("name", ["w8a8", "w4a4"])
-def test_bf16_gradients_are_close_not_identical(name):
-    """One step's gradients with bf16 operands: within 2% (relative L2) of float32."""
+@pytest.mark.parametrize("mode,tol,min_cos", [("bfloat16", 2e-2, 0.999),
+                                              ("bfloat16_outputs", 1.5, 0.3)])
+def test_bf16_gradients_are_close_not_identical(name, mode, tol, min_cos):
+    """One step's gradients with bf16 operands (and outputs) vs float32's.
+
+    Exact mode: within 2% (relative L2). bf16 outputs: rounding every conv output to bf16
+    flips quantizer codes and changes this random-init, batch-8 network's gradients a lot
+    (measured: W8A8 relative L2 0.71, cosine 0.74; W4A4 1.10, 0.40), so only a clearly
+    positive direction is checked; docs/speed.md states it.
+    """
     tx = optax.sgd(0.1)
     labels = jnp.arange(8) % 10
     grads = {}
-    for dt in (None, jnp.bfloat16):
+    fast = layers.COMPUTE_DTYPES[mode]
+    for dt in (None, fast):
         model = models.create("resnet20", policy=POLICIES[name], num_classes=10, dtype=dt)
         variables = jax.jit(lambda x, m=model: m.init(jax.random.key(0), x))(X[:1])
         state = steps.create_state(variables, tx, jax.random.key(1))
@@ -105,7 +135,8 @@ def test_bf16_gradients_are_close_not_identical(name):
         # SGD with lr 0.1 and no momentum: the update is -0.1 * gradient.
         grads[dt] = jax.tree.map(lambda a, b: (a - b) / 0.1, state.params, new.params)
     a, b = (jnp.concatenate([g.ravel() for g in jax.tree.leaves(grads[d])])
-            for d in (None, jnp.bfloat16))
+            for d in (None, fast))
     rel = float(jnp.linalg.norm(a - b) / jnp.linalg.norm(a))
-    print(f"{name}: relative L2 difference of bf16 vs f32 gradients {rel:.2e}")
-    assert 0 < rel < 2e-2
+    cos = float(jnp.dot(a, b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b)))
+    print(f"{name} {mode}: gradients vs float32's: relative L2 {rel:.2e}, cosine {cos:.4f}")
+    assert 0 < rel < tol and cos > min_cos

@@ -62,6 +62,7 @@ def test_bad_config_values_fail_before_compute(tmp_path):
         ({"quant.rules": (("layer9_9/conv1", 4, None),)}, "layer9_9"),
         ({"stages": "calibrate,fine_tune"}, "fine_tune"),
         ({"batch_size": 30}, "batch_size"),
+        ({"compute_dtype": "float16"}, "compute_dtype.*bfloat16_outputs"),
         ({"init": "pretrained", "init_checkpoint": str(tmp_path / "nope")}, "init_checkpoint"),
     ]
     for overrides, match in cases:

@@ -10,11 +10,11 @@ re-makes the table and plots. Results: ``<workdir>/results.json``, ``docs/*.png`
 CPU, real epoch counts (~90 minutes of an idle 2-core CPU; the setting of
 benchmarks/RESULTS.md): 10-epoch baseline, 1-epoch W8A8, 4-epoch W4A4 runs::
 
-    python benchmarks/cifar10_repro.py --setting=cpu --workdir=/work/runs/cifar10_cpu
+    python benchmarks/cifar10_repro.py --setting=cpu --workdir=~/faq/cifar10_cpu
 
 Quick smoke of the whole pipeline (~35 minutes: 1-epoch baseline, 60-step fine-tuning)::
 
-    python benchmarks/cifar10_repro.py --setting=quick --workdir=/work/runs/cifar10_repro
+    python benchmarks/cifar10_repro.py --setting=quick --workdir=~/faq/cifar10_repro
 
 GPU (a paper-like schedule: 64-epoch baseline, 1-epoch W8A8, 30-epoch W4A4)::
 

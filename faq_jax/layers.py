@@ -176,8 +176,8 @@ class BatchNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         c = x.shape[-1]
-        # Computed in (at least) float32 whatever x's dtype: in bf16 the backward pass's
-        # cancellations (dx = s (g - mean g - x_hat mean(g x_hat))) would lose the gradient.
+        # Statistics, scale/shift and their gradients in (at least) float32 whatever x's
+        # dtype, as cuDNN's BN does for bf16 tensors; only the output takes x's dtype.
         xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # f64 stays f64
         gamma = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
         beta = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)

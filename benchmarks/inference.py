@@ -84,9 +84,7 @@ def speed(archs: list[str], bits: int, size: int, threads: int, repeats: int) ->
 def _cifar_config():
     from faq_jax import config_defaults  # noqa: PLC0415
 
-    archive = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
-                           "data", "cifar10-jpeg.tar.gz")
-    return config_defaults.cifar10_base(8, 8, os.path.normpath(archive))
+    return config_defaults.cifar10_base(8, 8, config_defaults.shared_cifar10_archive(__file__))
 
 
 def agreement(ckpt: str, bits: int, max_images: int) -> None:

@@ -12,13 +12,10 @@ Then save the trained weights for FAQ runs (benchmarks/cifar10_repro.py does thi
 ``faq_jax.pretrained.save(dir, {"params", "batch_stats"}, {"arch": "resnet20", ...})``.
 """
 
-import os
-
 from faq_jax import config_defaults as common
 
 # ../shared/data/cifar10-jpeg.tar.gz beside the repository.
-ARCHIVE = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
-                                        "shared", "data", "cifar10-jpeg.tar.gz"))
+ARCHIVE = common.shared_cifar10_archive(__file__)
 
 
 def get_config(arg=None):

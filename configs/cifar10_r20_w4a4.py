@@ -12,13 +12,10 @@ from the 10-epoch 80.04 baseline): 71.26 before, 79.16 after fine-tuning.
       --config.init_checkpoint=~/faq/cifar10_r20_fp32_weights
 """
 
-import os
-
 from faq_jax import config_defaults as common
 
 # ../shared/data/cifar10-jpeg.tar.gz beside the repository.
-ARCHIVE = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
-                                        "shared", "data", "cifar10-jpeg.tar.gz"))
+ARCHIVE = common.shared_cifar10_archive(__file__)
 
 
 def get_config(arg=None):

@@ -5,6 +5,8 @@ paper changes. :func:`default_config` is the embedded run of ``python -m faq_jax
 without ``--config``: the scikit-learn digits, no download.
 """
 
+import os
+
 import ml_collections
 
 # Examples per split (ImageNet-1k train/val); explicit so no metadata file is needed.
@@ -188,6 +190,16 @@ def with_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.Co
     if arg == "runlocal":
         return runlocal(c)
     raise ValueError(f"unknown config argument {arg!r}; the only one is 'runlocal'")
+
+
+def shared_cifar10_archive(beside: str) -> str:
+    """``../shared/data/cifar10-jpeg.tar.gz`` beside the repository that holds ``beside``.
+
+    ``beside`` is a file one folder below the repository root (a config, test or benchmark:
+    pass its ``__file__``).
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(beside)))
+    return os.path.normpath(os.path.join(root, "..", "shared", "data", "cifar10-jpeg.tar.gz"))
 
 
 def cifar10_base(w_bits: int, a_bits: int, archive: str) -> ml_collections.ConfigDict:

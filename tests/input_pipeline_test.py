@@ -15,11 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from faq_jax import datasets_digits, datasets_folder, input_pipeline
+from faq_jax import config_defaults, datasets_digits, datasets_folder, input_pipeline
 
-# ../shared/data beside the repository (as the CIFAR-10 configs expect it).
-CIFAR_ARCHIVE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__)))), "shared", "data", "cifar10-jpeg.tar.gz")
+CIFAR_ARCHIVE = config_defaults.shared_cifar10_archive(__file__)  # as the CIFAR-10 configs
 SYNSETS = ("n01440764", "n01443537", "n01739381", "n02105855")
 CMYK_NAME, PNG_NAME = "n01739381_1309.JPEG", "n02105855_2933.JPEG"  # Names the builder fixes.
 

@@ -3,7 +3,9 @@
 Trains the fp32 baseline with faq_jax's own trainer (saved as a converted-weights folder and
 reused if present), then FAQ W8A8, FAQ W4A4 (first/last layer 8-bit) and the ablations:
 W4A4 without calibration, W4A4 from random init (same steps), BatchNorm constants in float
-vs quantized (W8A8, before and after fine-tuning), and 2/4/8-bit gradient-noise curves.
+vs quantized (W8A8, before and after fine-tuning), W8A8/W4A4 with ``compute_dtype=
+"bfloat16_outputs"`` (the fast GPU mode, which rounds conv outputs to bf16), and 2/4/8-bit
+gradient-noise curves.
 Every run is a workdir under ``--workdir``; a rerun skips finished runs, so the command also
 re-makes the table and plots. Results: ``<workdir>/results.json``, ``docs/*.png``.
 
@@ -86,6 +88,9 @@ def experiments(s: dict[str, Any], weights: str) -> dict[str, Any]:
     ft("w8a8", "cifar10_r20_w8a8")
     ft("w8a8_bn_float", "cifar10_r20_w8a8", **{"quant.quantize_bn": False})
     ft("w4a4", "cifar10_r20_w4a4")
+    # The fast GPU mode (bf16 conv/dense outputs, docs/speed.md): what it costs in accuracy.
+    ft("w8a8_bf16", "cifar10_r20_w8a8", compute_dtype="bfloat16_outputs")
+    ft("w4a4_bf16", "cifar10_r20_w4a4", compute_dtype="bfloat16_outputs")
     ft("w4a4_nocalib", "cifar10_r20_w4a4", **{"calib.enabled": False})
     ft("w4a4_random", "cifar10_r20_w4a4", **{"init": "random", "calib.enabled": False,
                                               "stages": "calibrate,eval_quant,finetune",
@@ -174,8 +179,8 @@ def table(results: dict[str, Any]) -> str:
     """Markdown table: top-1 before/after fine-tuning of every run."""
     rows = ["| run | top-1 before FT | top-1 after FT | weight cosine |", "|---|---|---|---|",
             f"| fp32 baseline | {_top1(results.get('fp32'), 'fp32')} | | |"]
-    for name in ("fp32_continued", "w8a8", "w8a8_bn_float", "w4a4", "w4a4_nocalib",
-                 "w4a4_random"):
+    for name in ("fp32_continued", "w8a8", "w8a8_bn_float", "w8a8_bf16", "w4a4", "w4a4_bf16",
+                 "w4a4_nocalib", "w4a4_random"):
         r = results.get(name)
         cos = f"{r['weight_cosine']['mean']:.5f}" if r and "weight_cosine" in r else "-"
         rows.append(f"| {name} | {_top1(r, 'quant_before')} | {_top1(r, 'quant_after')} "

@@ -68,6 +68,7 @@ class Variant:
     compile_s: float
     mem_mb: float | None  # per-variant memory (see --help of the table); None if unknown
     times: list[float] = dataclasses.field(default_factory=list)  # seconds per step
+    hlo: str | None = None  # the optimized HLO (faq_jax variants), for profile_step.py
 
 
 def _optimizer(batch: int):
@@ -106,7 +107,7 @@ def jax_variant(arch: str, pol: str, dtype: str, batch: int, size: int) -> Varia
         jax.block_until_ready((box[0].params, metrics))
 
     run(1)  # warm-up
-    return Variant(f"jax {pol} {dtype}", run, compile_s, mem_mb)
+    return Variant(f"jax {pol} {dtype}", run, compile_s, mem_mb, hlo=compiled.as_text())
 
 
 # --------------------------------------------------------------------------- torch peer

@@ -110,18 +110,40 @@ def _codes(x: jax.Array, lsb: jax.Array, bits: int, signed: bool, mode: str) -> 
     return jnp.floor(_shift(x.astype(ct), -jnp.asarray(lsb), mode) + 0.5)
 
 
+# Codes of at most this many bits pass through bfloat16 (8 significant bits) on their way
+# to the output: exact, and it makes XLA store them instead of recomputing them (below).
+STORED_CODE_BITS = 8
+
+
+def _stored(codes: jax.Array, bits: int, signed: bool) -> jax.Array:
+    """The clipped codes, rounded through bfloat16 when b <= 8: the same values.
+
+    bfloat16 holds every integer of magnitude <= 256 exactly, so the round trip changes no
+    code. It changes what XLA does with them: XLA:CPU counts a float32 -> bfloat16
+    conversion as expensive and never duplicates it into consumers, so the codes are
+    computed once and stored (in half the bytes). Without it XLA recomputes the cheap
+    elementwise chain BN -> residual add -> ReLU -> quantizer inside every consumer:
+    in a ResNet-50 W4A4 step, up to 20 quantizers deep in the transposes that feed the
+    weight-gradient convolutions (benchmarks/RESULTS.md, change 6).
+    """
+    lo, hi = int_range(bits, signed)
+    codes = jnp.clip(codes, lo, hi)
+    if bits <= STORED_CODE_BITS:
+        codes = codes.astype(jnp.bfloat16).astype(codes.dtype)
+    return codes
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _fixed_point(x: jax.Array, lsb: jax.Array, bits: int, signed: bool, mode: str,
                  ) -> jax.Array:
-    lo, hi = int_range(bits, signed)
-    codes = jnp.clip(_codes(x, lsb, bits, signed, mode), lo, hi)
+    codes = _stored(_codes(x, lsb, bits, signed, mode), bits, signed)
     return _shift(codes, lsb, mode).astype(x.dtype)
 
 
 def _fixed_point_fwd(x, lsb, bits, signed, mode):
     lo, hi = int_range(bits, signed)
     codes = _codes(x, lsb, bits, signed, mode)
-    y = _shift(jnp.clip(codes, lo, hi), lsb, mode).astype(x.dtype)
+    y = _shift(_stored(codes, bits, signed), lsb, mode).astype(x.dtype)
     in_range = (codes >= lo) & (codes <= hi)
     return y, (in_range, jnp.zeros_like(lsb))
 

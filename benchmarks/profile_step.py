@@ -112,21 +112,50 @@ def _category(opcodes: set[str]) -> str:
     return "elementwise"
 
 
+# Timeline lines that summarise other lines (written by some profiler versions): skipped, so
+# that each kernel is counted once.
+_DERIVED_LINES = {"XLA Ops", "XLA Modules", "Steps", "Framework Ops", "Framework Name Scope",
+                  "Source code", "XLA TraceMe"}
+
+
 def trace_ops(run, steps: int) -> dict[str, float]:
-    """Runs ``run(steps)`` under jax.profiler; seconds per step of each HLO instruction."""
+    """Runs ``run(steps)`` under jax.profiler; seconds per step of each HLO instruction.
+
+    CPU: the host plane's thread events; GPU: the device plane's kernel events (the host's
+    launch events carry the same instruction names and are left out).
+    """
     d = tempfile.mkdtemp(prefix="faq_profile_")
     with jax.profiler.trace(d):
         run(steps)
+    device_plane = "/host:CPU" if jax.default_backend() == "cpu" else "/device:"
     total: collections.Counter = collections.Counter()
     for path in glob.glob(f"{d}/**/*.xplane.pb", recursive=True):
         for plane in ProfileData.from_file(path).planes:
+            if not plane.name.startswith(device_plane):
+                continue
             for line in plane.lines:
+                if line.name in _DERIVED_LINES:
+                    continue
                 for ev in line.events:
-                    stats = dict(ev.stats)
-                    op = stats.get("hlo_op")
-                    if op and "train_step" in str(stats.get("hlo_module", "train_step")):
-                        total[str(op)] += ev.duration_ns * 1e-9 / steps
+                    op, module = _hlo_op(dict(ev.stats))
+                    if op and "train_step" in (module or "train_step"):
+                        total[op] += ev.duration_ns * 1e-9 / steps
+    if not total:
+        print(f"no per-operation events in the trace under {d}: nothing to attribute")
     return dict(total)
+
+
+def _hlo_op(stats: dict) -> tuple[str | None, str | None]:
+    """(instruction, module) of an event: its hlo_op/hlo_module stats, or failing those, the
+    ``hlo_op=...,hlo_module=...`` of a kernel annotation string."""
+    if "hlo_op" in stats:
+        return str(stats["hlo_op"]), str(stats.get("hlo_module", "")) or None
+    for v in stats.values():
+        m = re.search(r"hlo_op=([^,#\s]+)", str(v))
+        if m:
+            mod = re.search(r"hlo_module=([^,#\s]+)", str(v))
+            return m.group(1), mod.group(1) if mod else None
+    return None, None
 
 
 def _wall(run, steps: int) -> float:

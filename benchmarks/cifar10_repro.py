@@ -9,7 +9,7 @@ gradient-noise curves.
 Every run is a workdir under ``--workdir``; a rerun skips finished runs, so the command also
 re-makes the table and plots. Results: ``<workdir>/results.json``, ``docs/*.png``.
 
-CPU, real epoch counts (~105 minutes of an idle 2-core CPU; the setting of
+CPU, real epoch counts (~110 minutes of an idle 2-core CPU; the setting of
 benchmarks/RESULTS.md): 10-epoch baseline, 1-epoch W8A8, 4-epoch W4A4 runs::
 
     python benchmarks/cifar10_repro.py --setting=cpu --workdir=~/faq/cifar10_cpu
@@ -43,7 +43,7 @@ SETTINGS = {
     "quick": dict(base_epochs=1, base_lr=0.05, base_schedule="constant", ft_steps=60,
                   ft_epochs=1, ft_decay=None, noise_steps=40, noise_batch=32,
                   val_per_class=200),
-    # ~105 minutes of an idle 2-core CPU (ResNet-20: ~2.5 min per epoch of 351 steps).
+    # ~110 minutes of an idle 2-core CPU (ResNet-20: ~2.5 min per epoch of 351 steps).
     "cpu": dict(base_epochs=10, base_lr=0.1, base_schedule="step", ft_steps=-1, ft_epochs=4,
                 ft_decay=0.6, noise_steps=100, noise_batch=32, val_per_class=500),
     "full": dict(base_epochs=64, base_lr=0.1, base_schedule="step", ft_steps=-1, ft_epochs=30,
@@ -130,7 +130,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", default=os.path.expanduser("~/faq/cifar10_repro"))
     p.add_argument("--setting", choices=sorted(SETTINGS), default="cpu",
-                   help="epoch budget: quick (smoke), cpu (~105 min here), full (GPU)")
+                   help="epoch budget: quick (smoke), cpu (~110 min here), full (GPU)")
     p.add_argument("--full", action="store_true", help="same as --setting=full")
     p.add_argument("--only", default="", help="comma list of run names (default: all)")
     p.add_argument("--docs", default=str(ROOT / "docs"), help="where the PNG plots go")

@@ -29,7 +29,8 @@ GPU::
         --batch 256 --policies fp32,w4a4 --compute_dtype float32,bfloat16_outputs --peer compile
 
 On a CPU the operations of one step run on several threads at once, so their summed time
-exceeds the wall time of a step (both are printed).
+exceeds the wall time of a step (both are printed). The GPU path (kernel events of the
+device plane) is written for jax.profiler's GPU traces but has not been run on a GPU yet.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ _LAYOUT = {"copy", "transpose", "reverse", "pad", "slice", "dynamic-slice", "con
            "get-tuple-element", "dynamic-update-slice", "iota", "copy-start", "copy-done"}
 _CONV_TARGET = re.compile(r"conv|gemm|matmul|cublas|cudnn|onednn|mkl", re.I)
 
-_COMP = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+_COMP = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")  # unindented "name (...) -> ... {"
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*.*?\s([a-z][\w\-]*)\((.*)$")
 
 
@@ -64,7 +65,7 @@ def hlo_categories(hlo: str) -> dict[str, str]:
     comp = ""
     for line in hlo.splitlines():
         m = _COMP.match(line)
-        if m and "=" not in line.split("{")[0]:
+        if m and not line[:1].isspace():
             comp = m.group(1)
             continue
         m = _INSTR.match(line)
@@ -114,8 +115,8 @@ def _category(opcodes: set[str]) -> str:
 
 # Timeline lines that summarise other lines (written by some profiler versions): skipped, so
 # that each kernel is counted once.
-_DERIVED_LINES = {"XLA Ops", "XLA Modules", "Steps", "Framework Ops", "Framework Name Scope",
-                  "Source code", "XLA TraceMe"}
+_DERIVED_LINES = {"XLA Ops", "Async XLA Ops", "XLA Modules", "Steps", "Framework Ops",
+                  "Framework Name Scope", "Source code", "XLA TraceMe"}
 
 
 def trace_ops(run, steps: int) -> dict[str, float]:
@@ -127,8 +128,10 @@ def trace_ops(run, steps: int) -> dict[str, float]:
     d = tempfile.mkdtemp(prefix="faq_profile_")
     with jax.profiler.trace(d):
         run(steps)
-    device_plane = "/host:CPU" if jax.default_backend() == "cpu" else "/device:"
-    total: collections.Counter = collections.Counter()
+    on_cpu = jax.default_backend() == "cpu"
+    device_plane = "/host:CPU" if on_cpu else "/device:"
+    streams: collections.Counter = collections.Counter()  # GPU kernels on "Stream #n" lines
+    others: collections.Counter = collections.Counter()
     for path in glob.glob(f"{d}/**/*.xplane.pb", recursive=True):
         for plane in ProfileData.from_file(path).planes:
             if not plane.name.startswith(device_plane):
@@ -136,10 +139,12 @@ def trace_ops(run, steps: int) -> dict[str, float]:
             for line in plane.lines:
                 if line.name in _DERIVED_LINES:
                     continue
+                into = streams if line.name.startswith("Stream") and not on_cpu else others
                 for ev in line.events:
                     op, module = _hlo_op(dict(ev.stats))
                     if op and "train_step" in (module or "train_step"):
-                        total[op] += ev.duration_ns * 1e-9 / steps
+                        into[op] += ev.duration_ns * 1e-9 / steps
+    total = streams or others  # (the GPU path has not been run on a GPU yet)
     if not total:
         print(f"no per-operation events in the trace under {d}: nothing to attribute")
     return dict(total)
@@ -173,11 +178,15 @@ def profile_jax(variants: list[ts.Variant], steps: int, top: int) -> None:
         by_cat = collections.Counter()
         for op, t in times.items():
             by_cat[cats.get(op, "elementwise")] += t
+        unknown = [op for op in times if op not in cats]
+        if unknown:
+            print(f"note: {len(unknown)} traced operations not in the HLO (counted as "
+                  f"elementwise), e.g. {unknown[:3]}")
         rows[v.name] = (wall, by_cat)
         print(f"\n### {v.name}: wall {wall * 1e3:.1f} ms/step, operations "
               f"{sum(times.values()) * 1e3:.1f} ms/step ({len(times)} distinct)")
         print(f"{'category':12s} {'ms/step':>9s} {'share':>6s}")
-        s = sum(by_cat.values())
+        s = sum(by_cat.values()) or 1.0
         for c in CATEGORIES:
             print(f"{c:12s} {by_cat[c] * 1e3:9.2f} {by_cat[c] / s:6.1%}")
         print(f"slowest {top} operations (ms/step, category, HLO name):")
@@ -193,16 +202,24 @@ def profile_jax(variants: list[ts.Variant], steps: int, top: int) -> None:
                   " ".join(f"{(c[k] - c0[k]) * 1e3:+11.2f}" for k in CATEGORIES))
 
 
-_TORCH_CATS = (("conv/dot", re.compile(r"conv|gemm|cudnn|cutlass|xmma|mm_|addmm|matmul|mkldnn|"
-                                       r"winograd|implicit|linear|sm\d\d_", re.I)),
-               ("quantizer", re.compile(r"floor", re.I)),
-               ("pool", re.compile(r"pool", re.I)),
-               ("reduction", re.compile(r"triton_(red|per)_|batch_norm|reduce|sum|mean|std|"
-                                        r"amax|var", re.I)),
-               ("layout", re.compile(r"copy|transpose|contiguous|clone|cat|fill", re.I)))
+# Checked in order; kernel names hold template arguments (``std::array<...>``), hence the
+# word boundaries.
+_TORCH_CATS = (
+    ("reduction", re.compile(r"batch_norm|\bbn_|_bn_", re.I)),  # before cudnn's BN kernels
+    ("conv/dot", re.compile(r"conv|gemm|cudnn|cutlass|xmma|\bmm\b|addmm|matmul|mkldnn|"
+                            r"winograd|implicit_|linear|sm\d\d_", re.I)),
+    ("quantizer", re.compile(r"floor", re.I)),
+    ("pool", re.compile(r"pool", re.I)),
+    ("reduction", re.compile(r"reduce|\bsum\b|\bmean\b|\bstd\b(?!::)|\bamax\b|\bvar\b", re.I)),
+    ("layout", re.compile(r"copy|transpose|contiguous|clone|\bcat\b|fill", re.I)))
 
 
 def _torch_category(name: str) -> str:
+    """A kernel's (or eager op's) category, guessed from its name."""
+    if name.startswith("triton_"):  # Inductor: triton_{poi,red,per}_fused_<ops>_<n>
+        if "floor" in name:
+            return "quantizer"
+        return "reduction" if name.startswith(("triton_red_", "triton_per_")) else "elementwise"
     for cat, rx in _TORCH_CATS:
         if rx.search(name):
             return cat

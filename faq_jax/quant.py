@@ -119,12 +119,13 @@ def _stored(codes: jax.Array, bits: int, signed: bool) -> jax.Array:
     """The clipped codes, rounded through bfloat16 when b <= 8: the same values.
 
     bfloat16 holds every integer of magnitude <= 256 exactly, so the round trip changes no
-    code. It changes what XLA does with them: XLA:CPU counts a float32 -> bfloat16
-    conversion as expensive and never duplicates it into consumers, so the codes are
-    computed once and stored (in half the bytes). Without it XLA recomputes the cheap
-    elementwise chain BN -> residual add -> ReLU -> quantizer inside every consumer:
-    in a ResNet-50 W4A4 step, up to 20 quantizers deep in the transposes that feed the
-    weight-gradient convolutions (benchmarks/RESULTS.md, change 6).
+    code (a NaN stays NaN; its payload bits are not kept). It changes what XLA does with
+    them: XLA:CPU's fusion counts a float32 -> bfloat16 conversion as expensive and does
+    not duplicate it into consumers, so the codes are computed once and stored. Without it
+    XLA:CPU recomputes the cheap elementwise chain BN -> residual add -> ReLU -> quantizer
+    inside every consumer: in a ResNet-50 W4A4 step, up to 20 quantizers deep in the
+    transposes that feed the weight-gradient convolutions (benchmarks/RESULTS.md, change 6;
+    tests/fusion_test.py). GPU compilers may remove the pair (excess precision allowed).
     """
     lo, hi = int_range(bits, signed)
     codes = jnp.clip(codes, lo, hi)

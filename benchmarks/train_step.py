@@ -54,8 +54,11 @@ import numpy as np
 from faq_jax import layers, models, optim, quant, steps
 from faq_jax import policy as policy_lib
 
-POLICIES = {"fp32": None, "w8a8": policy_lib.W8A8, "w4a4": policy_lib.W4A4}
-BITS = {"w8a8": (8, 8), "w4a4": (4, 4)}  # peer: (weight bits, activation bits)
+POLICIES = {"fp32": None, "w8a8": policy_lib.W8A8, "w4a4": policy_lib.W4A4,
+            # W4A4 with BatchNorm's folded constants left in float: what quantizing them costs
+            "w4a4_bnfloat": dataclasses.replace(policy_lib.W4A4, quantize_bn=False)}
+# peer: (weight bits, activation bits); its BatchNorm is always float
+BITS = {"w8a8": (8, 8), "w4a4": (4, 4), "w4a4_bnfloat": (4, 4)}
 DTYPES = layers.COMPUTE_DTYPES  # config.compute_dtype values
 
 
@@ -278,7 +281,7 @@ def bench_arch(arch: str, args: argparse.Namespace) -> None:
               f"{args.batch / m:8.1f} {v.compile_s:9.1f} {_fmt(v.mem_mb, '8.0f')}")
     print("ratios of step time (median; > 1 = slower than the reference):")
     for dt in dtypes:
-        for pol in ("w8a8", "w4a4"):
+        for pol in [q for q in pols if q != "fp32"]:
             a, b = f"jax {pol} {dt}", f"jax fp32 {dt}"
             if a in med and b in med:
                 print(f"  {a} / {b}: {med[a] / med[b]:.3f}")
@@ -305,7 +308,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--steps", type=int, default=10 if on_gpu else 2)
     p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--policies", default="fp32,w8a8,w4a4")
+    p.add_argument("--policies", default="fp32,w8a8,w4a4",
+                   help=f"comma list of {','.join(POLICIES)}")
     p.add_argument("--compute_dtype", default="float32,bfloat16",
                    help="comma list of float32,bfloat16,bfloat16_outputs (config.compute_dtype)")
     p.add_argument("--peer", default="eager",
@@ -314,6 +318,9 @@ def main() -> None:
     for dt in args.compute_dtype.split(","):
         if dt not in DTYPES:
             p.error(f"--compute_dtype: unknown {dt!r}")
+    for pol in args.policies.split(","):
+        if pol not in POLICIES:
+            p.error(f"--policies: unknown {pol!r}; choose from {', '.join(POLICIES)}")
     print(f"date {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}; "
           f"{platform.processor() or platform.machine()}; jax {jax.__version__} "
           f"{jax.devices()}; torch {torch.__version__ if torch else '-'}")

@@ -35,7 +35,6 @@ device plane) is written for jax.profiler's GPU traces but has not been run on a
 
 from __future__ import annotations
 
-import argparse
 import collections
 import glob
 import re
@@ -61,7 +60,7 @@ def hlo_categories(hlo: str) -> dict[str, str]:
     """HLO instruction name -> category, for every instruction of the optimized module."""
     ops: dict[str, set[str]] = collections.defaultdict(set)  # computation -> its opcodes
     calls: dict[str, set[str]] = collections.defaultdict(set)  # computation -> callees
-    instrs: list[tuple[str, str, str, str]] = []  # (computation, name, opcode, rest)
+    instrs: list[tuple[str, str, str]] = []  # (name, opcode, rest)
     comp = ""
     for line in hlo.splitlines():
         m = _COMP.match(line)
@@ -78,7 +77,7 @@ def hlo_categories(hlo: str) -> dict[str, str]:
         ops[comp].add(opcode)
         for callee in re.findall(r"(?:calls|to_apply|body|condition)=%?([\w.\-]+)", rest):
             calls[comp].add(callee)
-        instrs.append((comp, name, opcode, rest))
+        instrs.append((name, opcode, rest))
 
     def reach(c: str, seen: set[str]) -> set[str]:
         if c in seen:
@@ -90,7 +89,7 @@ def hlo_categories(hlo: str) -> dict[str, str]:
         return out
 
     cats = {}
-    for _comp, name, opcode, rest in instrs:
+    for name, opcode, rest in instrs:
         inner = {opcode}
         for callee in re.findall(r"calls=%?([\w.\-]+)", rest):
             inner |= reach(callee, set())
@@ -259,17 +258,10 @@ def profile_torch(v: ts.Variant, steps: int, top: int) -> None:
 
 
 def main() -> None:
-    on_gpu = jax.default_backend() == "gpu"
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--archs", default="resnet50")
-    p.add_argument("--batch", type=int, default=256 if on_gpu else 8)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--steps", type=int, default=5 if on_gpu else 2)
-    p.add_argument("--policies", default="fp32,w4a4")
-    p.add_argument("--compute_dtype", default="float32")
-    p.add_argument("--peer", default="", help="eager or compile: also profile the torch peer")
+    p = ts.step_arg_parser(__doc__.split("\n")[0], archs="resnet50", steps_gpu=5,
+                           policies="fp32,w4a4", compute_dtype="float32", peer="")
     p.add_argument("--top", type=int, default=12, help="slowest operations listed per variant")
-    args = p.parse_args()
+    args = ts.parse_step_args(p)
     print(f"jax {jax.__version__} {jax.devices()}; torch {torch.__version__ if torch else '-'}")
     for arch in args.archs.split(","):
         print(f"\n## {arch}, batch {args.batch}, {args.size}x{args.size}, {args.steps} steps, "
@@ -281,8 +273,7 @@ def main() -> None:
             if torch is None:
                 print("torch not installed: no peer profile")
                 break
-            for dt in dict.fromkeys("float32" if d == "float32" else "autocast"
-                                    for d in args.compute_dtype.split(",")):
+            for dt in ts.peer_dtypes(args.compute_dtype.split(",")):
                 for pol in args.policies.split(","):
                     profile_torch(ts.torch_variant(arch, pol, mode, dt, args.batch, args.size),
                                   args.steps, args.top)

@@ -255,7 +255,7 @@ def bench_arch(arch: str, args: argparse.Namespace) -> None:
         if torch is None:
             print("torch not installed: no peer")
             break
-        for dt in dict.fromkeys("float32" if d == "float32" else "autocast" for d in dtypes):
+        for dt in peer_dtypes(dtypes):
             for pol in pols:
                 print(f"[{arch}] building torch {pol} {dt} {mode} ...", flush=True)
                 try:
@@ -300,27 +300,47 @@ def bench_arch(arch: str, args: argparse.Namespace) -> None:
                     print(f"  {j} / {v.name}: {med[v.name] / med[j]:.3f}")
 
 
-def main() -> None:
+def step_arg_parser(description: str, *, archs: str, steps_gpu: int, policies: str,
+                    compute_dtype: str, peer: str) -> argparse.ArgumentParser:
+    """The flags this benchmark and profile_step.py share (defaults differ per script)."""
     on_gpu = jax.default_backend() == "gpu"
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--archs", default="resnet18,resnet50")
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--archs", default=archs)
     p.add_argument("--batch", type=int, default=256 if on_gpu else 8)
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--steps", type=int, default=10 if on_gpu else 2)
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--policies", default="fp32,w8a8,w4a4",
-                   help=f"comma list of {','.join(POLICIES)}")
-    p.add_argument("--compute_dtype", default="float32,bfloat16",
+    p.add_argument("--steps", type=int, default=steps_gpu if on_gpu else 2)
+    p.add_argument("--policies", default=policies, help=f"comma list of {','.join(POLICIES)}")
+    p.add_argument("--compute_dtype", default=compute_dtype,
                    help="comma list of float32,bfloat16,bfloat16_outputs (config.compute_dtype)")
-    p.add_argument("--peer", default="eager",
+    p.add_argument("--peer", default=peer,
                    help="comma list of eager,compile (torch peer modes); empty: no peer")
+    return p
+
+
+def parse_step_args(p: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parses and checks --policies and --compute_dtype against what exists."""
     args = p.parse_args()
     for dt in args.compute_dtype.split(","):
         if dt not in DTYPES:
-            p.error(f"--compute_dtype: unknown {dt!r}")
+            p.error(f"--compute_dtype: unknown {dt!r}; choose from {', '.join(DTYPES)}")
     for pol in args.policies.split(","):
         if pol not in POLICIES:
             p.error(f"--policies: unknown {pol!r}; choose from {', '.join(POLICIES)}")
+    return args
+
+
+def peer_dtypes(dtypes: list[str]) -> list[str]:
+    """The peer's counterparts of faq_jax compute dtypes: float32, or autocast for bf16 modes."""
+    return list(dict.fromkeys("float32" if d == "float32" else "autocast" for d in dtypes))
+
+
+def main() -> None:
+    p = step_arg_parser(__doc__.split("\n")[0], archs="resnet18,resnet50", steps_gpu=10,
+                        policies="fp32,w8a8,w4a4", compute_dtype="float32,bfloat16",
+                        peer="eager")
+    p.add_argument("--reps", type=int, default=5)
+    args = parse_step_args(p)
+    on_gpu = jax.default_backend() == "gpu"
     print(f"date {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}; "
           f"{platform.processor() or platform.machine()}; jax {jax.__version__} "
           f"{jax.devices()}; torch {torch.__version__ if torch else '-'}")

@@ -2,8 +2,8 @@
 
 Builds the same steps as ``train_step.py`` (one full training step, donated state, in-memory
 batch), traces ``--steps`` of them with ``jax.profiler`` and sums the time of every XLA
-operation (CPU: the thunks' events; GPU: the kernels of each HLO instruction), read back with
-``jax.profiler.ProfileData``. Each operation is put in a category from the optimized HLO:
+operation (CPU: the thunks' events; GPU: the kernels of each HLO instruction); the trace
+reading and the categories are ``xla_profile.py``'s:
 
 - ``conv/dot``: convolutions and matmuls (also cuDNN/cuBLAS/oneDNN calls, fused or not);
 - ``quantizer``: fusions holding a ``floor`` (Q_{b,l}'s rounding; FAQ's only floor), with
@@ -17,149 +17,36 @@ operation (CPU: the thunks' events; GPU: the kernels of each HLO instruction), r
 Then a table per variant (ms per step per category, share of the step) and the difference of
 each variant from the first (what quantization adds, category by category), and the slowest
 operations. With ``--peer``, torch.profiler's view of the PyTorch peer (self time per kernel
-or op, the same categories guessed from kernel names).
+or op, the same categories guessed from kernel names). With ``--reps N`` it first times the
+same compiled variants as ``train_step.py`` does (its table and ratios), so one command gives
+both and compiles each variant once.
 
 CPU (as the train-step table)::
 
     python benchmarks/profile_step.py --archs resnet50 --batch 8 --policies fp32,w4a4
 
-GPU::
+GPU (table and profile in one run)::
 
     XLA_PYTHON_CLIENT_PREALLOCATE=false python benchmarks/profile_step.py --archs resnet18 \\
-        --batch 256 --policies fp32,w4a4 --compute_dtype float32,bfloat16_outputs --peer compile
+        --batch 256 --steps 10 --reps 3 --policies fp32,w4a4 \\
+        --compute_dtype float32,bfloat16_outputs --peer compile
 
 On a CPU the operations of one step run on several threads at once, so their summed time
-exceeds the wall time of a step (both are printed). The GPU path (kernel events of the
-device plane) is written for jax.profiler's GPU traces but has not been run on a GPU yet.
+exceeds the wall time of a step (both are printed). The GPU path follows the trace format of
+XLA's CUPTI collector (see ``xla_profile.py``; ``tests/xla_profile_test.py`` reads a trace
+written in it) but has not been run on a GPU yet.
 """
 
 from __future__ import annotations
 
 import collections
-import glob
 import re
-import tempfile
 import time
 
 import jax
 import train_step as ts  # this directory (the step builders and the torch peer)
-from jax.profiler import ProfileData
 from train_step import torch
-
-CATEGORIES = ("conv/dot", "quantizer", "reduction", "pool", "layout", "elementwise")
-_LAYOUT = {"copy", "transpose", "reverse", "pad", "slice", "dynamic-slice", "concatenate",
-           "bitcast", "reshape", "broadcast", "parameter", "constant", "tuple",
-           "get-tuple-element", "dynamic-update-slice", "iota", "copy-start", "copy-done"}
-_CONV_TARGET = re.compile(r"conv|gemm|matmul|cublas|cudnn|onednn|mkl", re.I)
-
-_COMP = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")  # unindented "name (...) -> ... {"
-_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*.*?\s([a-z][\w\-]*)\((.*)$")
-
-
-def hlo_categories(hlo: str) -> dict[str, str]:
-    """HLO instruction name -> category, for every instruction of the optimized module."""
-    ops: dict[str, set[str]] = collections.defaultdict(set)  # computation -> its opcodes
-    calls: dict[str, set[str]] = collections.defaultdict(set)  # computation -> callees
-    instrs: list[tuple[str, str, str]] = []  # (name, opcode, rest)
-    comp = ""
-    for line in hlo.splitlines():
-        m = _COMP.match(line)
-        if m and not line[:1].isspace():
-            comp = m.group(1)
-            continue
-        m = _INSTR.match(line)
-        if not m:
-            continue
-        name, opcode, rest = m.groups()
-        if opcode == "custom-call":
-            t = re.search(r'custom_call_target="([^"]+)"', rest)
-            opcode = f"custom-call:{t.group(1) if t else ''}"
-        ops[comp].add(opcode)
-        for callee in re.findall(r"(?:calls|to_apply|body|condition)=%?([\w.\-]+)", rest):
-            calls[comp].add(callee)
-        instrs.append((name, opcode, rest))
-
-    def reach(c: str, seen: set[str]) -> set[str]:
-        if c in seen:
-            return set()
-        seen.add(c)
-        out = set(ops[c])
-        for callee in calls[c]:
-            out |= reach(callee, seen)
-        return out
-
-    cats = {}
-    for name, opcode, rest in instrs:
-        inner = {opcode}
-        for callee in re.findall(r"calls=%?([\w.\-]+)", rest):
-            inner |= reach(callee, set())
-        cats[name] = _category(inner)
-    return cats
-
-
-def _category(opcodes: set[str]) -> str:
-    if opcodes & {"convolution", "dot"} or any(
-            o.startswith("custom-call:") and _CONV_TARGET.search(o) for o in opcodes):
-        return "conv/dot"
-    if "floor" in opcodes:
-        return "quantizer"
-    if opcodes & {"reduce-window", "select-and-scatter"}:
-        return "pool"
-    if "reduce" in opcodes:
-        return "reduction"
-    if opcodes <= _LAYOUT | {"fusion"}:
-        return "layout"
-    return "elementwise"
-
-
-# Timeline lines that summarise other lines (written by some profiler versions): skipped, so
-# that each kernel is counted once.
-_DERIVED_LINES = {"XLA Ops", "Async XLA Ops", "XLA Modules", "Steps", "Framework Ops",
-                  "Framework Name Scope", "Source code", "XLA TraceMe"}
-
-
-def trace_ops(run, steps: int) -> dict[str, float]:
-    """Runs ``run(steps)`` under jax.profiler; seconds per step of each HLO instruction.
-
-    CPU: the host plane's thread events; GPU: the device plane's kernel events (the host's
-    launch events carry the same instruction names and are left out).
-    """
-    d = tempfile.mkdtemp(prefix="faq_profile_")
-    with jax.profiler.trace(d):
-        run(steps)
-    on_cpu = jax.default_backend() == "cpu"
-    device_plane = "/host:CPU" if on_cpu else "/device:"
-    streams: collections.Counter = collections.Counter()  # GPU kernels on "Stream #n" lines
-    others: collections.Counter = collections.Counter()
-    for path in glob.glob(f"{d}/**/*.xplane.pb", recursive=True):
-        for plane in ProfileData.from_file(path).planes:
-            if not plane.name.startswith(device_plane):
-                continue
-            for line in plane.lines:
-                if line.name in _DERIVED_LINES:
-                    continue
-                into = streams if line.name.startswith("Stream") and not on_cpu else others
-                for ev in line.events:
-                    op, module = _hlo_op(dict(ev.stats))
-                    if op and "train_step" in (module or "train_step"):
-                        into[op] += ev.duration_ns * 1e-9 / steps
-    total = streams or others  # (the GPU path has not been run on a GPU yet)
-    if not total:
-        print(f"no per-operation events in the trace under {d}: nothing to attribute")
-    return dict(total)
-
-
-def _hlo_op(stats: dict) -> tuple[str | None, str | None]:
-    """(instruction, module) of an event: its hlo_op/hlo_module stats, or failing those, the
-    ``hlo_op=...,hlo_module=...`` of a kernel annotation string."""
-    if "hlo_op" in stats:
-        return str(stats["hlo_op"]), str(stats.get("hlo_module", "")) or None
-    for v in stats.values():
-        m = re.search(r"hlo_op=([^,#\s]+)", str(v))
-        if m:
-            mod = re.search(r"hlo_module=([^,#\s]+)", str(v))
-            return m.group(1), mod.group(1) if mod else None
-    return None, None
+from xla_profile import CATEGORIES, hlo_categories, trace_ops
 
 
 def _wall(run, steps: int) -> float:
@@ -172,7 +59,7 @@ def profile_jax(variants: list[ts.Variant], steps: int, top: int) -> None:
     rows = {}
     for v in variants:
         wall = min(_wall(v.run, steps) for _ in range(2))
-        times = trace_ops(v.run, steps)
+        times = trace_ops(v.run, steps, module="train_step")
         cats = hlo_categories(v.hlo)
         by_cat = collections.Counter()
         for op, t in times.items():
@@ -259,24 +146,22 @@ def profile_torch(v: ts.Variant, steps: int, top: int) -> None:
 
 def main() -> None:
     p = ts.step_arg_parser(__doc__.split("\n")[0], archs="resnet50", steps_gpu=5,
-                           policies="fp32,w4a4", compute_dtype="float32", peer="")
+                           policies="fp32,w4a4", compute_dtype="float32", peer="", reps=0,
+                           reps_help="also time the variants as train_step.py does (its "
+                                     "table and ratios) before profiling; 0: profile only")
     p.add_argument("--top", type=int, default=12, help="slowest operations listed per variant")
     args = ts.parse_step_args(p)
     print(f"jax {jax.__version__} {jax.devices()}; torch {torch.__version__ if torch else '-'}")
     for arch in args.archs.split(","):
-        print(f"\n## {arch}, batch {args.batch}, {args.size}x{args.size}, {args.steps} steps, "
-              f"device {jax.devices()[0].device_kind}")
-        variants = [ts.jax_variant(arch, pol, dt, args.batch, args.size)
-                    for dt in args.compute_dtype.split(",") for pol in args.policies.split(",")]
-        profile_jax(variants, args.steps, args.top)
-        for mode in filter(None, args.peer.split(",")):
-            if torch is None:
-                print("torch not installed: no peer profile")
-                break
-            for dt in ts.peer_dtypes(args.compute_dtype.split(",")):
-                for pol in args.policies.split(","):
-                    profile_torch(ts.torch_variant(arch, pol, mode, dt, args.batch, args.size),
-                                  args.steps, args.top)
+        variants = ts.build_variants(arch, args)  # compiled once, for the table and profile
+        if args.reps:
+            ts.time_variants(arch, variants, args)
+        print(f"\n## profile: {arch}, batch {args.batch}, {args.size}x{args.size}, "
+              f"{args.steps} steps, device {jax.devices()[0].device_kind}")
+        profile_jax([v for v in variants if v.hlo is not None], args.steps, args.top)
+        for v in variants:
+            if v.hlo is None:  # a torch peer
+                profile_torch(v, args.steps, args.top)
 
 
 if __name__ == "__main__":

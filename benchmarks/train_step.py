@@ -242,7 +242,8 @@ def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
-def bench_arch(arch: str, args: argparse.Namespace) -> None:
+def build_variants(arch: str, args: argparse.Namespace) -> list[Variant]:
+    """Every faq_jax variant of ``args`` (dtype x policy), then the peers, compiled."""
     size = args.size
     pols = args.policies.split(",")
     dtypes = args.compute_dtype.split(",")
@@ -262,6 +263,14 @@ def bench_arch(arch: str, args: argparse.Namespace) -> None:
                     variants.append(torch_variant(arch, pol, mode, dt, args.batch, size))
                 except Exception as e:  # report, keep benchmarking the rest
                     print(f"  torch {mode} failed: {type(e).__name__}: {str(e)[:300]}")
+    return variants
+
+
+def time_variants(arch: str, variants: list[Variant], args: argparse.Namespace) -> None:
+    """Times the variants interleaved (``--reps`` x ``--steps``); prints the table and ratios."""
+    size = args.size
+    pols = args.policies.split(",")
+    dtypes = args.compute_dtype.split(",")
     for rep in range(args.reps):
         for v in variants:
             t0 = time.perf_counter()
@@ -301,7 +310,9 @@ def bench_arch(arch: str, args: argparse.Namespace) -> None:
 
 
 def step_arg_parser(description: str, *, archs: str, steps_gpu: int, policies: str,
-                    compute_dtype: str, peer: str) -> argparse.ArgumentParser:
+                    compute_dtype: str, peer: str, reps: int,
+                    reps_help: str = "timed repetitions per variant (interleaved)",
+                    ) -> argparse.ArgumentParser:
     """The flags this benchmark and profile_step.py share (defaults differ per script)."""
     on_gpu = jax.default_backend() == "gpu"
     p = argparse.ArgumentParser(description=description)
@@ -314,6 +325,7 @@ def step_arg_parser(description: str, *, archs: str, steps_gpu: int, policies: s
                    help="comma list of float32,bfloat16,bfloat16_outputs (config.compute_dtype)")
     p.add_argument("--peer", default=peer,
                    help="comma list of eager,compile (torch peer modes); empty: no peer")
+    p.add_argument("--reps", type=int, default=reps, help=reps_help)
     return p
 
 
@@ -337,15 +349,14 @@ def peer_dtypes(dtypes: list[str]) -> list[str]:
 def main() -> None:
     p = step_arg_parser(__doc__.split("\n")[0], archs="resnet18,resnet50", steps_gpu=10,
                         policies="fp32,w8a8,w4a4", compute_dtype="float32,bfloat16",
-                        peer="eager")
-    p.add_argument("--reps", type=int, default=5)
+                        peer="eager", reps=5)
     args = parse_step_args(p)
     on_gpu = jax.default_backend() == "gpu"
     print(f"date {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC}; "
           f"{platform.processor() or platform.machine()}; jax {jax.__version__} "
           f"{jax.devices()}; torch {torch.__version__ if torch else '-'}")
     for arch in args.archs.split(","):
-        bench_arch(arch, args)
+        time_variants(arch, build_variants(arch, args), args)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\nprocess max RSS {rss:.0f} MB (all variants)")
     if on_gpu:

@@ -48,11 +48,31 @@ def check_workdir(workdir: str, experiment: dict[str, Any]) -> None:
         os.replace(tmp, path)
 
 
+def absolute(path: str) -> str:
+    """``path`` made absolute when it is local (orbax refuses relative paths); URLs as given."""
+    return path if "://" in str(path) else os.path.abspath(path)
+
+
+def latest_step(directory: str) -> int | None:
+    """The newest checkpoint step in ``directory`` (None if none), touching nothing else."""
+    if not epath.Path(directory).exists():
+        return None
+    manager = ocp.CheckpointManager(absolute(directory))
+    try:
+        return manager.latest_step()
+    finally:
+        manager.close()
+
+
 class Checkpointer:
-    """Periodic + final saves of a TrainState under ``directory``, and restore."""
+    """Periodic + final saves of a TrainState under ``directory``, and restore.
+
+    While open it owns SIGTERM (a preemption notice: save at the next step, then stop);
+    :meth:`close` gives the previous handler back.
+    """
 
     def __init__(self, directory: str, *, keep: int = 2, save_every_steps: int = 1000):
-        self.directory = epath.Path(directory)
+        self.directory = epath.Path(absolute(directory))
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                save_interval_steps=max(1, save_every_steps))
         self.manager = ocp.CheckpointManager(self.directory, options=options)
@@ -93,6 +113,10 @@ class Checkpointer:
         if jax.process_count() == 1 and self._sigterm.is_set():
             return True
         return self.manager.reached_preemption(step)
+
+    def will_save(self, step: int) -> bool:
+        """Whether :meth:`save` at ``step`` writes a checkpoint (the periodic policy)."""
+        return self.manager.should_save(step)
 
     def save(self, step: int, state: Any, *, force: bool = False) -> bool:
         return self.manager.save(step, args=ocp.args.StandardSave(state), force=force)

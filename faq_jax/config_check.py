@@ -58,8 +58,12 @@ def validate(config: ml_collections.ConfigDict) -> set[str]:
     c = config.calib
     if not isinstance(c.num_batches, int) or c.num_batches < 1:
         _fail("calib.num_batches", c.num_batches, "must be a positive int")
-    if not 0 < config.num_epochs:
-        _fail("num_epochs", config.num_epochs, "must be positive")
+    _whole_epochs("num_epochs", config.num_epochs)
+    for name, low in (("log_every_steps", 1), ("checkpoint_every_steps", 1),
+                      ("keep_checkpoints", 1), ("eval_every_epochs", 0)):
+        v = config[name]
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            _fail(name, v, f"must be an int >= {low}")
     for name in ("batch_size", "eval_batch_size"):
         v = config[name]
         if not isinstance(v, int) or v < 1:
@@ -74,12 +78,18 @@ def validate(config: ml_collections.ConfigDict) -> set[str]:
         if b % (config.micro_batch_size or config.batch_size):
             _fail("batch_schedule", config.batch_schedule,
                   f"batch size {b} at epoch {e} is not a multiple of the micro-batch size")
+    try:  # epochs from 0, increasing (the dataset size is checked when it is known)
+        optim.batch_schedule(config, np.iinfo(np.int64).max, int(config.num_epochs))
+    except ValueError as e:
+        _fail("batch_schedule", config.batch_schedule, str(e))
     _check_optim("optim", config.optim)
     if "pretrain" in stages:
         _check_optim("pretrain.optim", config.pretrain.optim)
-        if not config.pretrain.num_epochs > 0:
-            _fail("pretrain.num_epochs", config.pretrain.num_epochs,
-                  "must be positive when the pretrain stage runs")
+        _whole_epochs("pretrain.num_epochs", config.pretrain.num_epochs)
+        b = config.pretrain.batch_size
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1 or b % jax.device_count():
+            _fail("pretrain.batch_size", b,
+                  f"must be a positive multiple of the {jax.device_count()} devices")
     if config.init == "pretrained" and not config.init_checkpoint and "pretrain" not in stages:
         _fail("init_checkpoint", config.init_checkpoint,
               "config.init='pretrained' needs the folder written by `python -m weights_convert "
@@ -90,6 +100,12 @@ def validate(config: ml_collections.ConfigDict) -> set[str]:
               "no such folder; convert torchvision weights first with `python -m "
               "weights_convert --arch ARCH --weights IMAGENET1K_V1 --out DIR`")
     return stages
+
+
+def _whole_epochs(field: str, v: Any) -> None:
+    if isinstance(v, bool) or not float(v) == int(v) or v < 1:
+        _fail(field, v, "must be a whole number of epochs >= 1 (schedules are per epoch; "
+              "max_steps stops a smoke run early)")
 
 
 def _exists(path: str) -> bool:

@@ -50,7 +50,7 @@ def optim_config(lr: float, schedule: str = "constant", weight_decay: float = 1e
     ))
 
 
-def get_base(arch: str, w_bits: int, a_bits: int, *, num_epochs: float = 1,
+def get_base(arch: str, w_bits: int, a_bits: int, *, num_epochs: int = 1,
              lr: float = 1e-4, schedule: str = "constant", weight_decay: float = 1e-4,
              dataset: str = "imagenet2012") -> ml_collections.ConfigDict:
     """An FAQ fine-tuning run of torchvision's ``arch`` at W``w_bits``A``a_bits``."""
@@ -114,7 +114,9 @@ def get_base(arch: str, w_bits: int, a_bits: int, *, num_epochs: float = 1,
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 2
     c.eval_every_epochs = 1
-    c.max_steps = -1              # > 0: stop fine-tuning after this many updates (smoke)
+    c.max_steps = -1              # > 0: stop each training stage (pretrain, fine-tune)
+    #                               after this many updates (smoke runs; keep it unchanged
+    #                               across the runs of one workdir)
     c.max_eval_batches = -1       # > 0: evaluate on a prefix only (smoke; not exact)
     c.analysis = ml_collections.ConfigDict(dict(
         grad_noise=False,         # per-layer cosine(float step, EMA of quantized step)

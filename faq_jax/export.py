@@ -115,7 +115,8 @@ def _int_dtype(bits: int, signed: bool) -> np.dtype:
 
 
 def export(model: nn.Module, variables: dict[str, Any], *,
-           input_shape: tuple[int, int, int] | None = None) -> IntegerNetwork:
+           input_shape: tuple[int, int, int] | None = None,
+           allow_uncalibrated: bool = False) -> IntegerNetwork:
     """Turns a quantized model and its variables into an :class:`IntegerNetwork`.
 
     Args:
@@ -124,6 +125,8 @@ def export(model: nn.Module, variables: dict[str, Any], *,
       input_shape: (H, W, C) the graph is traced at (default 75x75x3, the smallest input
         every zoo network accepts). The graph does not depend on H and W; its ONNX form
         (static H, W) and VGG's adaptive pool do.
+      allow_uncalibrated: export even when every activation l still holds its uncalibrated
+        default (``model.init`` fills them; FAQ's no-calibration control experiment).
 
     Returns:
       The integer network; ``int_executor.run`` executes it.
@@ -180,7 +183,8 @@ def export(model: nn.Module, variables: dict[str, Any], *,
             node.update(s=f"{path}/s", s_l=policy.bn_scale_lsb, t=f"{path}/t",
                         t_l=policy.bn_shift_lsb)
             # s saturating at 8 bits is the simulated quantizer's clip (kept, not an error).
-            arrays[node["s"]] = np.asarray(c["s"][0]).astype(np.int8)
+            arrays[node["s"]] = np.asarray(c["s"][0]).astype(
+                _int_dtype(policy.bn_scale_bits, True))
             arrays[node["t"]] = check(path, "BN shift t", c["t"], policy.bn_shift_bits,
                                       policy.bn_shift_lsb).astype(np.int32)
         elif node["op"] == "requant":
@@ -188,6 +192,13 @@ def export(model: nn.Module, variables: dict[str, Any], *,
             if lsb.shape != () or lsb != np.round(lsb):
                 raise ExportError(f"{path}: activation l {lsb} is not one integer")
             node.update(bits=policy.act_bits(path), l=int(lsb))
+    requants = [n for n in nodes if n["op"] == "requant"]
+    if requants and not allow_uncalibrated and all(
+            n["l"] == quant.uncalibrated_activation_lsb(n["bits"], n["signed"]) for n in requants):
+        raise ExportError("every activation l still holds its uncalibrated default (the value "
+                          "model.init gives): calibrate the network before exporting "
+                          "(faq_jax.calibrate), or pass allow_uncalibrated=True if that is "
+                          "deliberate")
     graph = dict(format=FORMAT, version=VERSION, input_shape=list(shape), nodes=nodes,
                  layout="NHWC", policy=dataclasses.asdict(policy))
     return IntegerNetwork(graph, arrays)
@@ -262,6 +273,7 @@ def load_workdir(workdir: str, config_path: str | None = None
 
     from faq_jax import config_check, models  # noqa: PLC0415
 
+    workdir = workdir if "://" in workdir else os.path.abspath(workdir)  # orbax: absolute
     config = _config_from_workdir(workdir, config_path)
     policy = config_check.make_policy(config)
     if policy is None:
@@ -299,7 +311,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     model, variables, config = load_workdir(args.workdir, args.config)
     size = args.image_size or config.data.image_size
-    net = export(model, variables, input_shape=(size, size, 3))
+    net = export(model, variables, input_shape=(size, size, 3),
+                 allow_uncalibrated=not config.calib.enabled)
     save(net, args.out)
     buf = io.StringIO()
     buf.write(f"wrote {args.out}: {len(net.nodes)} nodes, {len(net.arrays)} arrays")

@@ -10,6 +10,7 @@ concatenations, transposes and reshapes. Operations before the input quantizer (
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Any
 
 import flax.linen as nn
@@ -58,8 +59,15 @@ def _opaque_pools():
     saved = {name: getattr(layers, name) for name in _POOLS}
 
     def wrap(name):
+        sig = inspect.signature(saved[name])
+
         def pool(x, *a, **kw):
-            return _bind(name, (("args", a), *sorted(kw.items())), x, saved[name](x, *a, **kw))
+            # Every argument after x, by position, defaults filled in: however the model
+            # spelled the call, the graph node reads the same.
+            bound = sig.bind(x, *a, **kw)
+            bound.apply_defaults()
+            args = tuple(bound.arguments.values())[1:]
+            return _bind(name, (("args", args),), x, saved[name](x, *a, **kw))
         return pool
 
     try:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import ml_collections
@@ -177,29 +177,44 @@ def train_batches(
     start_step: int = 0,
     process_index: int = 0,
     process_count: int = 1,
+    epoch_steps: Callable[[int], int] | None = None,
 ) -> Iterator[Batch]:
     """Infinite training batches of this process.
 
     Args:
       config: needs ``config.seed`` and ``config.data``.
       local_batch_size: examples per batch on this process.
-      start_step: global optimizer-batch index to resume from.
+      start_step: global batch index (in this stream) to resume from.
       process_index: this process (``jax.process_index()``).
       process_count: number of processes (``jax.process_count()``).
+      epoch_steps: batches in epoch e (at most the full count below). Gradient accumulation
+        passes ``steps_in_epoch(e) * accum(e)``, so that each optimizer epoch starts a fresh
+        permutation and k micro-batches hold exactly the examples of one batch k times larger.
 
     Returns:
-      Iterator of ``{"image": [B, H, W, 3] float32|bfloat16, "label": [B] int32}``; every
-      epoch has ``num_train // (local_batch_size * process_count)`` full batches.
+      Iterator of ``{"image": [B, H, W, 3] float32|bfloat16, "label": [B] int32}``; epoch e
+      has ``epoch_steps(e)`` full batches, by default
+      ``num_train // (local_batch_size * process_count)`` (the first ones of its permutation).
     """
     info = dataset_info(config)
-    steps = info.num_train // (local_batch_size * process_count)
-    if steps == 0:
+    full = info.num_train // (local_batch_size * process_count)
+    if full == 0:
         raise ValueError(
             f"Global batch {local_batch_size * process_count} exceeds the {info.num_train} "
             "training examples."
         )
     shard_bounds(0, process_index, process_count)  # Validates process_index.
-    epoch, skip = divmod(start_step, steps)
+    def steps(e: int) -> int:
+        n = full if epoch_steps is None else epoch_steps(e)
+        if not 0 < n <= full:
+            raise ValueError(f"epoch {e} asks for {n} batches of "
+                             f"{local_batch_size * process_count}; the data holds {full}")
+        return n
+
+    epoch, skip = 0, start_step
+    while skip >= steps(epoch):
+        skip -= steps(epoch)
+        epoch += 1
     args = (config, info, steps, local_batch_size, process_index, process_count)
     if config.data.name == "digits":
         return _digits_train(*args, epoch, skip)
@@ -228,8 +243,9 @@ def _digits_train(config, info, steps, local_batch, pi, pc, epoch, skip) -> Iter
     digits = datasets_digits.load()
     dtype = _np_dtype(config.data)
     for e in itertools.count(epoch):
-        indices, _ = _epoch_indices(info.num_train, config.seed, e, steps, local_batch, pi, pc)
-        for step in range(skip if e == epoch else 0, steps):
+        indices, _ = _epoch_indices(info.num_train, config.seed, e, steps(e), local_batch, pi,
+                                    pc)
+        for step in range(skip if e == epoch else 0, steps(e)):
             x = digits.train_x[indices[step]]
             if config.data.augment != "none":  # A random shift of up to 1 pixel.
                 x = datasets_digits.random_shift(
@@ -283,13 +299,13 @@ def _tf_train(config, info, steps, local_batch, pi, pc, epoch, skip) -> Iterator
     for e in itertools.count(epoch):
         first = skip if e == epoch else 0
         if data.name == "imagenet2012":
-            ds = _imagenet_train_epoch(config, info, steps * local_batch, pi, pc, e)
+            ds = _imagenet_train_epoch(config, info, steps(e) * local_batch, pi, pc, e)
             ds = ds.skip(first * local_batch)  # Before decoding: only records are read.
             paths = None
         else:
             split, _ = _folder(data)
             indices, positions = _epoch_indices(
-                info.num_train, config.seed, e, steps, local_batch, pi, pc
+                info.num_train, config.seed, e, steps(e), local_batch, pi, pc
             )
             indices, positions = indices[first:], positions[first:]
             paths = split.paths[indices]

@@ -60,9 +60,24 @@ class IntTensor:
         return self.exact("") if d.ndim == 0 and int(d) & (int(d) - 1) == 0 else self
 
 
-def _align(ts: list[IntTensor]) -> tuple[list[np.ndarray], int]:
+class IntegerOverflowError(OverflowError):
+    """An exponent gap too wide for int64 arithmetic; the message names the node."""
+
+
+def _shl(q: np.ndarray, k: int, where: str) -> np.ndarray:
+    """q * 2^k (k >= 0) in int64, refusing results that would not fit."""
+    top = int(np.max(np.abs(q), initial=0)).bit_length()
+    if k > 62 or (top and top + k > 62):
+        raise IntegerOverflowError(
+            f"{where}: aligning exponents needs q * 2^{k}, beyond int64. An extreme l causes "
+            "this: an activation calibrated on all-zero inputs (l near -130) or an all-zero "
+            "weight tensor. Recalibrate on batches that reach that layer, or fix its weights.")
+    return q << k
+
+
+def _align(ts: list[IntTensor], where: str = "") -> tuple[list[np.ndarray], int]:
     lmin = min(t.l for t in ts)
-    return [t.q << (t.l - lmin) for t in ts], lmin
+    return [_shl(t.q, t.l - lmin, where) for t in ts], lmin
 
 
 def floor_div(num: np.ndarray, den: Any) -> np.ndarray:
@@ -70,15 +85,16 @@ def floor_div(num: np.ndarray, den: Any) -> np.ndarray:
     return num // den
 
 
-def requantize(t: IntTensor, bits: int, l_out: int, signed: bool, relu: bool) -> np.ndarray:
+def requantize(t: IntTensor, bits: int, l_out: int, signed: bool, relu: bool,
+               where: str = "requant") -> np.ndarray:
     """Codes of Q_{b,l'}(t) (round half up, clip), optionally after a ReLU."""
     q = np.maximum(t.q, 0) if relu else t.q
     k = t.l - l_out
     d = np.asarray(t.d, I64)
     if k >= 0:
-        codes = floor_div(q * (I64(1) << (k + 1)) + d, 2 * d)
+        codes = floor_div(_shl(q, k + 1, where) + d, 2 * d)
     else:
-        codes = floor_div(2 * q + (d << -k), d << (1 - k))
+        codes = floor_div(2 * q + _shl(d, -k, where), _shl(d, 1 - k, where))
     hi = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
     return np.clip(codes, -hi if signed else 0, hi)
 
@@ -157,22 +173,22 @@ def run_node(node: dict[str, Any], ins: list[IntTensor], arrays: dict[str, np.nd
             acc = np.tensordot(x.q, w.astype(I64), axes=([x.q.ndim - 1], [0]))
         out = IntTensor(acc, x.l + node["w_l"])
         if node.get("bias"):
-            (a, b), lsb = _align([out, IntTensor(arrays[node["bias"]], node["bias_l"])])
+            (a, b), lsb = _align([out, IntTensor(arrays[node["bias"]], node["bias_l"])], where)
             out = IntTensor(a + b, lsb)
         return out
     if op == "bn":
         x = ins[0].exact(where)
         prod = IntTensor(x.q * arrays[node["s"]].astype(I64), x.l + node["s_l"])
-        (a, b), lsb = _align([prod, IntTensor(arrays[node["t"]], node["t_l"])])
+        (a, b), lsb = _align([prod, IntTensor(arrays[node["t"]], node["t_l"])], where)
         return IntTensor(a + b, lsb)
     if op == "requant":
         return IntTensor(requantize(ins[0], node["bits"], node["l"], node["signed"],
-                                    node["relu"]), node["l"])
+                                    node["relu"], where), node["l"])
     if op == "add":
-        qs, lsb = _align([t.exact(where) for t in ins])
+        qs, lsb = _align([t.exact(where) for t in ins], where)
         return IntTensor(qs[0] + qs[1], lsb)
     if op == "concat":
-        qs, lsb = _align([t.exact(where) for t in ins])
+        qs, lsb = _align([t.exact(where) for t in ins], where)
         return IntTensor(np.concatenate(qs, axis=node["axis"]), lsb)
     if op == "max_pool":
         return _max_pool(ins[0], *node["args"])
@@ -224,8 +240,9 @@ def run(net: export_lib.IntegerNetwork, x_codes: np.ndarray,
 
 
 def input_codes(net: export_lib.IntegerNetwork, x: np.ndarray) -> np.ndarray:
-    """The input quantizer (outside the integer network): normalised float image -> int8."""
+    """The input quantizer (outside the integer network): normalised float image -> codes
+    (int8 for the default 8-bit input, wider for wider inputs)."""
     node = next(n for n in net.nodes if n["op"] == "input")
     from faq_jax import quant  # noqa: PLC0415
     return np.asarray(quant.to_codes(x, bits=node["bits"], lsb=node["l"], signed=True),
-                      np.int8)
+                      export_lib._int_dtype(node["bits"], True))

@@ -22,7 +22,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from faq_jax import export as export_lib
-from faq_jax.int_executor import I64
+from faq_jax.int_executor import I64, _shl
 
 _NP2ONNX = {np.dtype(k): v for k, v in [("int8", TensorProto.INT8), ("uint8", TensorProto.UINT8),
             ("int16", TensorProto.INT16), ("uint16", TensorProto.UINT16),
@@ -102,13 +102,14 @@ class _Writer:
         lmin = min(v.l for v in vs)
         bounds = [self._bound(v) for v in vs]
         total = None if any(b is None for b in bounds) else \
-            sum(np.max(b) << (v.l - lmin) for b, v in zip(bounds, vs, strict=True))
+            sum(int(np.max(b)) << (v.l - lmin) for b, v in zip(bounds, vs, strict=True))
         ct = np.int32 if self._fits32(total) else I64
         names = []
         for v in vs:
             x = self.cast(v, ct)
             if v.l != lmin:
-                x = self.op("Mul", [x, self.const(np.asarray(1 << (v.l - lmin), ct))])
+                x = self.op("Mul", [x, self.const(_shl(np.asarray(1, I64), v.l - lmin,
+                                                        "add/concat").astype(ct))])
             names.append(x)
         return names, lmin, ct, total
 
@@ -127,6 +128,10 @@ def _int_node(w: _Writer, node: dict[str, Any], ins: list[_Val], arrays) -> _Val
         x = w.materialize(ins[0])
         if x.dtype not in (np.int8, np.uint8) or np.any(np.asarray(x.d) != 1):
             raise export_lib.ExportError(f"{path}: ONNX needs 8-bit codes as input, got {x.dtype}")
+        if node["w_bits"] > 8:
+            raise export_lib.ExportError(
+                f"{path}: {node['w_bits']}-bit weights; ONNX ConvInteger/MatMulInteger take "
+                "8-bit operands. Use <= 8-bit weights, or run the .npz with int_executor")
         wq = arrays[node["w"]].astype(np.int8)
         if op == "conv":
             (pt, pb), (pl, pr) = node["padding"]
@@ -152,9 +157,9 @@ def _int_node(w: _Writer, node: dict[str, Any], ins: list[_Val], arrays) -> _Val
         if node.get("bias"):
             b = arrays[node["bias"]].astype(I64)
             lmin = min(out.l, node["bias_l"])
-            mul = np.ones_like(b) << (out.l - lmin)
+            mul = _shl(np.ones_like(b), out.l - lmin, path)
             out = _Val(acc, np.int32, lmin, 1, out.nchw, shape,
-                       (w.phys(mul, out), w.phys(b << (node["bias_l"] - lmin), out)),
+                       (w.phys(mul, out), w.phys(_shl(b, node["bias_l"] - lmin, path), out)),
                        out.bound)
         return out
     if op == "bn":
@@ -162,7 +167,7 @@ def _int_node(w: _Writer, node: dict[str, Any], ins: list[_Val], arrays) -> _Val
         s, t = arrays[node["s"]].astype(I64), arrays[node["t"]].astype(I64)
         lp = x.l + node["s_l"]
         lmin = min(lp, node["t_l"])
-        s, t = s << (lp - lmin), t << (node["t_l"] - lmin)
+        s, t = _shl(s, lp - lmin, path), _shl(t, node["t_l"] - lmin, path)
         if x.affine is not None:  # (acc*m + a)*s + t
             m, a = x.affine
             s, t = m * w.phys(s, x), a * w.phys(s, x) + w.phys(t, x)
@@ -174,8 +179,8 @@ def _int_node(w: _Writer, node: dict[str, Any], ins: list[_Val], arrays) -> _Val
         k = x.l - lo
         d = w.phys(np.broadcast_to(np.asarray(x.d, I64), (1, *x.shape)), x) \
             if np.ndim(x.d) else np.asarray(x.d, I64)
-        a, b, den = (np.asarray(1 << (k + 1), I64), d, 2 * d) if k >= 0 else \
-            (np.asarray(2, I64), d << -k, d << (1 - k))
+        a, b, den = (_shl(np.asarray(1, I64), k + 1, path), d, 2 * d) if k >= 0 else \
+            (np.asarray(2, I64), _shl(d, -k, path), _shl(d, 1 - k, path))
         mul, add = x.affine if x.affine is not None else (np.asarray(1, I64),
                                                           np.asarray(0, I64))
         # int32 arithmetic where the numerator provably fits (half the memory traffic).
@@ -256,10 +261,17 @@ def _window_sum(w: _Writer, x: str, hw, win: int, stride: int, pad: int) -> str:
     return total
 
 
-def _avg_pool(w: _Writer, node, x: _Val) -> _Val:
+def _pool_args(node) -> tuple[int, int, int, bool]:
+    """(window, stride, padding, count_include_pad) of a pool node (older files kept some
+    of them as named fields)."""
     win, stride, *rest = node["args"]
     pad = rest[0] if rest else node.get("padding", 0)
-    include = node.get("count_include_pad", True)
+    include = rest[1] if len(rest) > 1 else node.get("count_include_pad", True)
+    return win, stride, pad, bool(include)
+
+
+def _avg_pool(w: _Writer, node, x: _Val) -> _Val:
+    win, stride, pad, include = _pool_args(node)
     y = _window_sum(w, w.cast(x, I64), x.shape[:2], win, stride, pad)
     if include or pad == 0:
         return _pow2(_Val(y, I64, x.l, win * win, True, node["shape_out"]))
@@ -332,11 +344,10 @@ def _float_node(w: _Writer, node: dict[str, Any], ins: list[_Val], arrays) -> _V
                  **({} if op == "add" else {"axis": _axis(x, node["axis"])}))
         return _Val(y, f32, 0, 1, x.nchw, shape)
     if op in ("max_pool", "avg_pool"):
-        win, stride, *rest = node["args"]
-        pad = rest[0] if rest else node.get("padding", 0)
+        win, stride, pad, include = _pool_args(node)
         kw = dict(kernel_shape=[win, win], strides=[stride, stride], pads=[pad] * 4)
         if op == "avg_pool":
-            kw["count_include_pad"] = int(node.get("count_include_pad", True))
+            kw["count_include_pad"] = int(include)
         return _Val(w.op("MaxPool" if op == "max_pool" else "AveragePool", [x.name], **kw),
                     f32, 0, 1, True, shape)
     if op == "global_avg_pool":
@@ -359,6 +370,10 @@ def to_onnx(net: export_lib.IntegerNetwork, *, float_mode: bool = False,
     h, wd, c = net.graph["input_shape"]
     for node in net.nodes:
         if node["op"] == "input":
+            if not float_mode and node["bits"] > 8:
+                raise export_lib.ExportError(
+                    f"{node['bits']}-bit input codes; the ONNX integer model takes int8 "
+                    "input. Use policy.input_bits <= 8, or run the .npz with int_executor")
             dt = np.float32 if float_mode else np.int8
             vals[node["id"]] = _Val("x_codes" if not float_mode else "x", dt, node["l"], 1,
                                     True, [h, wd, c])
@@ -377,7 +392,8 @@ def to_onnx(net: export_lib.IntegerNetwork, *, float_mode: bool = False,
     graph = helper.make_graph(
         w.nodes, "faq_jax_" + ("float" if float_mode else "int"),
         [helper.make_tensor_value_info(vals[0].name, in_dt, ["N", c, h, wd])],
-        [helper.make_tensor_value_info("logits", _NP2ONNX[np.dtype(out_dt)], None)],
+        [helper.make_tensor_value_info("logits", _NP2ONNX[np.dtype(out_dt)],
+                                       ["N", *(int(d) for d in out_val.shape)])],
         initializer=w.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="faq_jax")

@@ -131,10 +131,14 @@ def evaluate(eval_step: Any, variables: dict[str, Any], config: ml_collections.C
     return result
 
 
-def _micro_batches(config, start: int, local_micro: int) -> Iterator[dict[str, np.ndarray]]:
-    return input_pipeline.train_batches(config, local_batch_size=local_micro, start_step=start,
-                                        process_index=jax.process_index(),
-                                        process_count=jax.process_count())
+def _micro_batches(config, batches: optim.BatchSchedule, start: int, local_micro: int,
+                   ) -> Iterator[dict[str, np.ndarray]]:
+    """The micro-batch stream from position ``start``; its epoch e holds exactly what the
+    schedule's epoch e consumes, so accumulated micro-batches are one batch's examples."""
+    return input_pipeline.train_batches(
+        config, local_batch_size=local_micro, start_step=start,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        epoch_steps=lambda e: batches.steps_in_epoch(e) * batches.accum(e))
 
 
 def fit(model, eval_step: Any, variables: dict[str, Any], config: ml_collections.ConfigDict,
@@ -149,7 +153,7 @@ def fit(model, eval_step: Any, variables: dict[str, Any], config: ml_collections
     noise every step (costs one params-sized copy on device), logs ``grad_noise/<layer>`` at
     log steps and puts the last step's values in ``analysis_out["grad_noise"]``.
     """
-    batches = optim.batch_schedule(run, num_train, int(np.ceil(run.num_epochs)))
+    batches = optim.batch_schedule(run, num_train, int(run.num_epochs))
     tx = optim.make_optimizer(run.optim, batches)
     total = batches.total_steps()
     if config.max_steps > 0:
@@ -160,11 +164,28 @@ def fit(model, eval_step: Any, variables: dict[str, Any], config: ml_collections
     del variables  # donated below: never touch the initial arrays again
     ckpt = checkpointing.Checkpointer(ckpt_dir, keep=config.keep_checkpoints,
                                       save_every_steps=config.checkpoint_every_steps)
+    try:
+        return _fit_loop(model, eval_step, state, config, ckpt, batches, tx, total, mesh,
+                         writer, eval_prefix=eval_prefix, analysis_out=analysis_out)
+    finally:  # saves in flight complete; SIGTERM goes back to its previous handler
+        ckpt.close()
+
+
+def _fit_loop(model, eval_step, state, config, ckpt, batches, tx, total, mesh, writer, *,
+              eval_prefix, analysis_out) -> dict[str, Any]:
+    """fit's body: resume, the step loop, periodic/preemption/final saves."""
+    repl = sharding.replicated(mesh)
+    ckpt_dir = ckpt.directory
     restored = ckpt.restore(state)
     if restored is not None:
         state = restored
         logging.info("resumed from %s at step %d", ckpt_dir, int(state.step))
     start = int(jax.device_get(state.step))
+    if start > total:
+        raise checkpointing.CheckpointError(
+            f"the checkpoint in {ckpt_dir} is at step {start}, past this run's last step "
+            f"{total} (were num_epochs or max_steps lowered?). Restore the setting, or use a "
+            "new --workdir.")
     local_micro = sharding.check_divisible(batches.micro, "micro-batch size")
     train_step = jax.jit(steps.make_train_step(model, tx, aux_loss_weight=config.aux_loss_weight,
                                                label_smoothing=config.label_smoothing),
@@ -176,7 +197,7 @@ def fit(model, eval_step: Any, variables: dict[str, Any], config: ml_collections
         gn_state = gn.init(state.params)
     epoch, in_epoch = batches.locate(start) if start < total else (0, 0)
     stream_pos = batches.micro_offset(epoch) + in_epoch * batches.accum(epoch)
-    data = _micro_batches(config, stream_pos, local_micro)
+    data = _micro_batches(config, batches, stream_pos, local_micro)
     report = _clu()[1].ReportProgress(num_train_steps=total, writer=writer)
     pending: list[tuple[int, dict[str, jax.Array]]] = []
     t0, images = time.time(), 0
@@ -202,12 +223,17 @@ def fit(model, eval_step: Any, variables: dict[str, Any], config: ml_collections
                                             .items()})
             pending, t0, images = [], time.time(), 0
         report(done)
-        ckpt.save(done, state)
+        if ckpt.will_save(done):  # never checkpoint a diverged state
+            _check_finite(pending)
+            if not bool(_all_finite(state.params)):
+                raise NonFiniteLossError(
+                    f"parameters are not finite after step {done}: training diverged. Lower "
+                    "config.optim.lr, or resume from an earlier checkpoint.")
+            ckpt.save(done, state)
         if ckpt.should_stop(done):
             _flush(pending, writer, 0.0)
             if ckpt.latest_step() != done:  # the periodic save may have written it already
                 ckpt.save(done, state, force=True)
-            ckpt.close()
             raise SystemExit(f"preempted: checkpoint saved at step {done} in {ckpt_dir}")
         if end_of_epoch and (epoch + 1) % max(1, config.eval_every_epochs) == 0 \
                 and done < total:
@@ -216,10 +242,26 @@ def fit(model, eval_step: Any, variables: dict[str, Any], config: ml_collections
     _flush(pending, writer, 0.0)
     if ckpt.latest_step() != total:
         ckpt.save(total, state, force=True)
-    ckpt.close()
     if gn_cos is not None and analysis_out is not None:
         analysis_out["grad_noise"] = analysis.summarize_grad_noise(gn_cos)
     return jax.device_get(state.variables())
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _check_finite(pending: list[tuple[int, dict[str, jax.Array]]],
+                  ) -> list[tuple[int, dict[str, Any]]]:
+    """Fetches the queued metrics; raises NonFiniteLossError at the first non-finite loss."""
+    fetched = jax.device_get(pending)
+    for step, m in fetched:
+        if not np.isfinite(m["loss"]):
+            raise NonFiniteLossError(
+                f"loss is {float(m['loss'])} at step {step}: training diverged. Lower "
+                "config.optim.lr, check the data, or resume from an earlier checkpoint.")
+    return fetched
 
 
 def _flush(pending: list[tuple[int, dict[str, jax.Array]]],
@@ -227,12 +269,7 @@ def _flush(pending: list[tuple[int, dict[str, jax.Array]]],
     """Fetches queued step metrics (one host sync per log period) and checks for NaN."""
     if not pending:
         return
-    fetched = jax.device_get(pending)
-    for step, m in fetched:
-        if not np.isfinite(m["loss"]):
-            raise NonFiniteLossError(
-                f"loss is {float(m['loss'])} at step {step}: training diverged. Lower "
-                "config.optim.lr, check the data, or resume from an earlier checkpoint.")
+    fetched = _check_finite(pending)
     step, last = fetched[-1]
     scalars = {f"train/{k}": float(v) for k, v in last.items()}
     if img_per_s:
@@ -243,6 +280,7 @@ def _flush(pending: list[tuple[int, dict[str, jax.Array]]],
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs the configured FAQ stages; returns (and writes) the summary of results."""
     stages = config_check.validate(config)
+    workdir = checkpointing.absolute(workdir)
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     checkpointing.check_workdir(workdir, config_check.experiment_id(config))
     if jax.process_index() == 0:  # the full config of the latest run, for export and audit
@@ -266,7 +304,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                    a_bits=config.quant.a_bits if pol else None)
     finetune_dir = os.path.join(workdir, "checkpoints")
     resumed_finetune = quant_model is not None and \
-        checkpointing.Checkpointer(finetune_dir).latest_step() is not None
+        checkpointing.latest_step(finetune_dir) is not None
 
     float_eval = make_evaluator(float_model)
     if "pretrain" in stages:

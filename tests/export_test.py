@@ -172,3 +172,66 @@ def test_cli_refuses_an_uncalibrated_workdir(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps({"fp32": {"top1": 90.0}}))
     with pytest.raises(export.ExportError, match="never calibrated"):
         export.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "net.npz")])
+
+
+def test_wide_codes_keep_their_width(tmp_path):
+    """Weights, BN scales and input codes wider than 8 bits are stored and run unnarrowed."""
+    pol = policy_lib.paper_policy(12, 8, bn_scale_bits=16, bn_scale_lsb=-12, input_bits=12,
+                                  input_lsb=-9)
+    model, shape = _small("resnet20", pol)
+    net, _, codes, _, _ = _roundtrip_and_compare(model, shape, tmp_path)
+    assert codes.dtype == np.int16 and np.abs(codes).max() > 127
+    s = [net.arrays[n["s"]] for n in net.nodes if n["op"] == "bn"]
+    assert all(a.dtype == np.int16 for a in s) and max(np.abs(a).max() for a in s) > 127
+    w = [net.arrays[n["w"]] for n in net.nodes if n["op"] == "conv" and n["w_bits"] == 12]
+    assert w and all(a.dtype == np.int16 for a in w)
+
+
+def test_uncalibrated_network_is_refused_unless_asked():
+    model, shape = _small("resnet20", policy_lib.W4A4)
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, *shape)))
+    with pytest.raises(export.ExportError, match="uncalibrated default"):
+        export.export(model, variables, input_shape=shape)
+    net = export.export(model, variables, input_shape=shape, allow_uncalibrated=True)
+    assert any(n["op"] == "requant" for n in net.nodes)
+
+
+def test_extreme_l_is_an_overflow_error_not_garbage():
+    """An activation calibrated on all-zero inputs gets l near -130: no int64 alignment."""
+    model, shape = _small("resnet20", policy_lib.W8A8)
+    variables = export.random_variables(model, shape)
+    quant_vars = jax.tree.map(lambda v: v, variables["quant"])
+    quant_vars["layer1_0"]["act1"]["lsb"] = jnp.asarray(-134.0)
+    net = export.export(model, {**variables, "quant": quant_vars}, input_shape=shape)
+    codes = np.ones((1, *shape), np.int8)
+    with pytest.raises(int_executor.IntegerOverflowError, match="layer1_0.*beyond int64"):
+        int_executor.run(net, codes)
+
+
+class PoolCalls(nn.Module):
+    """The pooling helpers called with keywords and positionals in various spellings."""
+
+    policy: policy_lib.Policy | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        p = self.policy
+        x = layers.InputQuant(policy=p, name="input_quant")(x)
+        x = layers.Conv(8, (3, 3), padding=((1, 1), (1, 1)), policy=p, name="conv")(x)
+        x = layers.ActQuant(policy=p, name="act")(layers.BatchNorm(policy=p, name="bn")(x, train))
+        a = layers.avg_pool(x, 3, stride=1, padding=1, count_include_pad=False)
+        b = layers.avg_pool(x, 3, 1, 1, False)
+        c = layers.max_pool(x, window=3, stride=2, padding=1)
+        a = layers.ActQuant(relu=False, policy=p, name="a")(a)
+        b = layers.ActQuant(relu=False, policy=p, name="b")(b)
+        y = layers.ActQuant(relu=False, policy=p, name="sum")(a + b)
+        y = layers.max_pool(y, 3, 2, padding=1) + c
+        y = layers.ActQuant(relu=False, policy=p, name="fc_input")(layers.global_avg_pool(y))
+        return layers.Dense(10, policy=p, name="fc")(y)
+
+
+def test_pool_arguments_read_the_same_however_spelled(tmp_path):
+    model = PoolCalls(policy=policy_lib.W8A8)
+    net, *_ = _roundtrip_and_compare(model, (12, 12, 3), tmp_path)
+    pools = [n for n in net.nodes if n["op"] in ("avg_pool", "max_pool")]
+    assert [n["args"] for n in pools if n["op"] == "avg_pool"] == [[3, 1, 1, False]] * 2

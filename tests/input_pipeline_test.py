@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from faq_jax import config_defaults, datasets_digits, datasets_folder, input_pipeline
+from faq_jax import config_defaults, datasets_digits, datasets_folder, input_pipeline, optim
 
 CIFAR_ARCHIVE = config_defaults.shared_cifar10_archive(__file__)  # as the CIFAR-10 configs
 SYNSETS = ("n01440764", "n01443537", "n01739381", "n02105855")
@@ -397,3 +397,30 @@ def test_digits_splits_eval_and_resume():
     resumed = input_pipeline.train_batches(config, local_batch_size=500, start_step=2)
     assert_same_batches(full[2:], list(itertools.islice(resumed, 5)))
     assert not np.array_equal(full[0]["image"], full[2]["image"])  # Epochs reshuffle.
+
+
+def test_accumulated_micro_batches_hold_one_batch_in_every_epoch():
+    """Batch 32 as 2 x 16 (1,497 digits: 46 batches, 93 micro-batches per data epoch): with
+    the schedule's epoch lengths every optimizer step sees the same 32 examples, in every
+    epoch and after a resume."""
+    c = config_defaults.default_config()  # digits, no augmentation
+    n = input_pipeline.dataset_info(c).num_train
+    sched = optim.BatchSchedule(num_train=n, num_epochs=3, micro=16, sizes=((0, 32),))
+    assert n // 16 > sched.steps_in_epoch(0) * sched.accum(0)  # a leftover micro-batch
+
+    def lengths(e):
+        return sched.steps_in_epoch(e) * sched.accum(e)
+
+    big = input_pipeline.train_batches(c, local_batch_size=32)
+    small = list(itertools.islice(
+        input_pipeline.train_batches(c, local_batch_size=16, epoch_steps=lengths),
+        2 * sched.total_steps()))
+    for step in range(sched.total_steps()):
+        b = next(big)
+        for k in ("image", "label"):
+            np.testing.assert_array_equal(
+                b[k], np.concatenate([small[2 * step][k], small[2 * step + 1][k]]))
+    resumed = input_pipeline.train_batches(c, local_batch_size=16, epoch_steps=lengths,
+                                           start_step=95)
+    for want in small[95:99]:
+        np.testing.assert_array_equal(next(resumed)["label"], want["label"])

@@ -60,3 +60,26 @@ def test_onnx_other_families_equal_executor(family):
     q, _ = int_executor.run(net, codes)
     out = _session(onnx_export.to_onnx(net)).run(None, {"x_codes": codes.transpose(0, 3, 1, 2)})
     np.testing.assert_array_equal(out[0], q)
+
+
+def test_onnx_model_passes_the_checker():
+    onnx = pytest.importorskip("onnx")
+    model = models.create("resnet20", policy=policy_lib.W4A4, num_classes=10)
+    net = export.export(model, export.random_variables(model, (32, 32, 3)),
+                        input_shape=(32, 32, 3))
+    for float_mode in (False, True):
+        proto = onnx_export.to_onnx(net, float_mode=float_mode)
+        onnx.checker.check_model(proto, full_check=True)
+        dims = proto.graph.output[0].type.tensor_type.shape.dim
+        assert [d.dim_param or d.dim_value for d in dims] == ["N", 10]
+
+
+def test_onnx_refuses_operands_wider_than_8_bits():
+    for kw, match in (({"w_bits": 12}, "12-bit weights"),
+                      ({"input_bits": 12, "input_lsb": -9}, "12-bit input")):
+        pol = policy_lib.paper_policy(kw.pop("w_bits", 8), 8, **kw)
+        model = models.create("resnet20", policy=pol, num_classes=10)
+        net = export.export(model, export.random_variables(model, (32, 32, 3)),
+                            input_shape=(32, 32, 3))
+        with pytest.raises(export.ExportError, match=match):
+            onnx_export.to_onnx(net)

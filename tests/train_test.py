@@ -6,6 +6,7 @@ import signal
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from faq_jax import checkpointing, config_defaults, train
@@ -64,10 +65,19 @@ def test_bad_config_values_fail_before_compute(tmp_path):
         ({"batch_size": 30}, "batch_size"),
         ({"compute_dtype": "float16"}, "compute_dtype.*bfloat16_outputs"),
         ({"init": "pretrained", "init_checkpoint": str(tmp_path / "nope")}, "init_checkpoint"),
+        ({"log_every_steps": 0}, "log_every_steps"),
+        ({"keep_checkpoints": 0}, "keep_checkpoints"),
+        ({"checkpoint_every_steps": -5}, "checkpoint_every_steps"),
+        ({"batch_schedule": ((1, 32),)}, "batch_schedule.*epoch 0"),
+        ({"batch_schedule": ((0, 32), (0, 64))}, "batch_schedule.*increase"),
+        ({"stages": "pretrain,finetune", "pretrain.batch_size": 0}, "pretrain.batch_size"),
     ]
     for overrides, match in cases:
         with pytest.raises(ValueError, match=match):
             train.train_and_evaluate(_config(**overrides), str(tmp_path / "w"))
+    fractional = config_defaults.get_base("resnet20", 4, 4, num_epochs=1.5, dataset="digits")
+    with pytest.raises(ValueError, match="num_epochs.*whole number"):
+        train.train_and_evaluate(fractional, str(tmp_path / "w"))
     assert not (tmp_path / "w" / "checkpoints").exists()
 
 
@@ -106,3 +116,33 @@ def test_sigterm_requests_a_checkpointed_stop(tmp_path):
     finally:
         ckpt.close()
     assert signal.getsignal(signal.SIGTERM) is not ckpt._on_sigterm
+
+
+def test_nan_state_is_never_checkpointed(tmp_path):
+    """Checkpoints (every 3 steps) fall between log steps (every 4): losses are checked first."""
+    cfg = _config(max_steps=6, stages="finetune", log_every_steps=4, checkpoint_every_steps=3,
+                  **{"optim.lr": 1e30})
+    with pytest.raises(train.NonFiniteLossError):
+        train.train_and_evaluate(cfg, str(tmp_path))
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps and steps[-1] < 3  # orbax saves step 1; step 3 followed non-finite losses
+    mgr = ocp.CheckpointManager(str(tmp_path / "checkpoints"))
+    for step in steps:
+        params = mgr.restore(step, args=ocp.args.StandardRestore())["params"]
+        assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+    mgr.close()
+
+
+def test_relative_workdir_and_sigterm_handler_given_back(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = signal.getsignal(signal.SIGTERM)
+    train.train_and_evaluate(_config(max_steps=1), "runs/w")
+    assert signal.getsignal(signal.SIGTERM) is before  # a SIGTERM after the run is not eaten
+    assert checkpointing.latest_step("runs/w/checkpoints") == 1
+
+
+def test_checkpoint_past_the_configured_end_is_refused(tmp_path):
+    train.train_and_evaluate(_config(max_steps=2, stages="finetune"), str(tmp_path))
+    with pytest.raises(checkpointing.CheckpointError, match="step 2, past this run's last step 1"):
+        train.train_and_evaluate(_config(max_steps=1, stages="finetune"), str(tmp_path))
+    assert checkpointing.latest_step(str(tmp_path / "checkpoints")) == 2

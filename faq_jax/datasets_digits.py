@@ -40,10 +40,13 @@ def load() -> Digits:
     return Digits(train, y[~held], x[held], y[held], float(train.mean()), float(train.std()))
 
 
-def random_shift(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Shifts each [8, 8] image by -1, 0 or +1 pixel per axis (zero fill = background)."""
+def random_shift(x: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Shifts each [8, 8] image by -1, 0 or +1 pixel per axis (zero fill = background).
+
+    ``shifts``: [2, len(x)] ints in {0, 1, 2} (row, column offset + 1), drawn per example.
+    """
     padded = np.pad(x, ((0, 0), (1, 1), (1, 1)))
-    dy, dx = rng.integers(0, 3, size=(2, len(x), 1, 1))
+    dy, dx = shifts[:, :, None, None]
     rows = dy + np.arange(8)[None, :, None]
     cols = dx + np.arange(8)[None, None, :]
     return padded[np.arange(len(x))[:, None, None], rows, cols]

@@ -76,7 +76,23 @@ def list_image_folder(root: str, classes: Sequence[str] | None = None) -> FileSp
             f"Found no valid image file ({', '.join(IMG_EXTENSIONS)}) for classes "
             f"{empty} in {root!r}."
         )
+    palette = [p for p in paths if p.lower().endswith(".bmp") and _bmp_bits(p) <= 8]
+    if palette:
+        raise ValueError(
+            f"{len(palette)} palette BMP file(s) (<= 8 bits per pixel), e.g. {palette[:3]}: "
+            "TensorFlow's BMP decoder ignores the colour table and would feed wrong colours. "
+            "Convert them to PNG (e.g. PIL: Image.open(p).convert('RGB').save(q))."
+        )
     return FileSplit(np.array(paths, dtype=str), np.array(labels, dtype=np.int32), classes)
+
+
+def _bmp_bits(path: str) -> int:
+    """Bits per pixel of a BMP file (header offset 28); 24 if the header is unreadable."""
+    with open(path, "rb") as f:
+        header = f.read(30)
+    if len(header) < 30 or header[:2] != b"BM":
+        return 24  # not a BMP at all: the decoder reports it
+    return int.from_bytes(header[28:30], "little")
 
 
 def split_last_per_class(split: FileSplit, n_per_class: int) -> tuple[FileSplit, FileSplit]:
@@ -157,7 +173,7 @@ def find_undecodable(paths: Sequence[str]) -> list[tuple[str, str]]:
     bad = []
     for path in paths:
         try:
-            tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+            tf.io.decode_image(tf.io.read_file(path), channels=0, expand_animations=False)
         except (tf.errors.OpError, OSError) as e:
             bad.append((str(path), str(e).strip().splitlines()[0] if str(e).strip() else repr(e)))
     return bad

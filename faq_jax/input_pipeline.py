@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -106,13 +107,18 @@ def _file_splits(
     return train, datasets_folder.list_image_folder(eval_dir, classes=train.classes)
 
 
+def _expand(path: str) -> str:
+    """``~`` expanded: shells leave it alone inside ``--config.data.x=~/...``."""
+    return os.path.expanduser(path) if path else path
+
+
 def _folder(data: ml_collections.ConfigDict):
     return _file_splits(
         data.name,
-        data.train_dir,
-        data.eval_dir,
-        data.archive,
-        data.cache_dir,
+        _expand(data.train_dir),
+        _expand(data.eval_dir),
+        _expand(data.archive),
+        _expand(data.cache_dir),
         data.val_per_class,
     )
 
@@ -243,14 +249,14 @@ def _digits_train(config, info, steps, local_batch, pi, pc, epoch, skip) -> Iter
     digits = datasets_digits.load()
     dtype = _np_dtype(config.data)
     for e in itertools.count(epoch):
-        indices, _ = _epoch_indices(info.num_train, config.seed, e, steps(e), local_batch, pi,
-                                    pc)
+        indices, positions = _epoch_indices(info.num_train, config.seed, e, steps(e),
+                                            local_batch, pi, pc)
+        # Shifts by position in the global epoch: the same for any process count.
+        shifts = np.random.default_rng([config.seed, e, 1]).integers(0, 3, (2, info.num_train))
         for step in range(skip if e == epoch else 0, steps(e)):
             x = digits.train_x[indices[step]]
             if config.data.augment != "none":  # A random shift of up to 1 pixel.
-                x = datasets_digits.random_shift(
-                    x, np.random.default_rng([config.seed, e, step, pi])
-                )
+                x = datasets_digits.random_shift(x, shifts[:, positions[step]])
             image = datasets_digits.to_model_images(
                 x, config.data.image_size, dtype, digits.mean, digits.std
             )

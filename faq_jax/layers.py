@@ -35,8 +35,11 @@ def _path(module: nn.Module) -> str:
 
 
 def _calibrating(module: nn.Module) -> bool:
-    """A calibration pass: ``calib`` mutable, and not ``init`` (where everything is)."""
-    return module.is_mutable_collection(CALIB) and not module.is_initializing()
+    """A calibration pass: ``calib`` mutable, and neither ``init`` nor ``mutable=True``
+    (where every collection is, ``params`` included): an ordinary training loop's
+    ``apply(..., mutable=True)`` keeps the network quantized."""
+    return (module.is_mutable_collection(CALIB) and not module.is_initializing()
+            and not module.is_mutable_collection("params"))
 
 
 def _active(module: nn.Module) -> bool:

@@ -42,9 +42,14 @@ def builder(data_dir: str = "", manual_dir: str = "") -> Any:
       FileNotFoundError: the dataset is not prepared and an archive is missing.
     """
     tfds = lazy_imports.tensorflow_datasets()
+    data_dir = os.path.expanduser(data_dir) if data_dir else ""  # "--x=~/..." is not expanded
     imagenet = tfds.builder("imagenet2012", data_dir=data_dir or None)
     if imagenet.is_prepared():
         return imagenet
+    for version in imagenet.versions:  # an older build (5.0.0 differs only in its test split)
+        older = tfds.builder(f"imagenet2012:{version}", data_dir=data_dir or None)
+        if str(version) != str(imagenet.version) and older.is_prepared():
+            return older
     manual_dir = os.path.expanduser(manual_dir) if manual_dir else ""
     if not manual_dir or not all(os.path.isfile(os.path.join(manual_dir, f)) for f in ARCHIVES):
         raise FileNotFoundError(missing_archives_message(manual_dir, data_dir))

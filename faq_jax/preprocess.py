@@ -19,15 +19,20 @@ _TRIES = 10  # torchvision.transforms.RandomResizedCrop.get_params tries 10 wind
 
 
 def _decode_full(image_bytes: tf.Tensor, dct_method: str = "INTEGER_ACCURATE") -> tf.Tensor:
-    """Decodes any JPEG/PNG/GIF/BMP/WebP to uint8 [H, W, 3] (grayscale is replicated)."""
+    """Decodes any JPEG/PNG/GIF/BMP/WebP to uint8 [H, W, 3], as PIL's ``convert("RGB")``:
+    grayscale replicated, alpha dropped (WebP's decoder refuses ``channels=3`` for RGBA)."""
+
+    def other() -> tf.Tensor:
+        image = tf.io.decode_image(image_bytes, channels=0, expand_animations=False)
+        image = tf.cond(tf.shape(image)[-1] < 3,
+                        lambda: tf.tile(image[..., :1], [1, 1, 3]), lambda: image[..., :3])
+        return tf.ensure_shape(image, [None, None, 3])
+
     return tf.cond(
         tf.io.is_jpeg(image_bytes),
         # INTEGER_ACCURATE is libjpeg's JDCT_ISLOW, the default PIL decodes with.
         lambda: tf.io.decode_jpeg(image_bytes, channels=3, dct_method=dct_method),
-        lambda: tf.ensure_shape(
-            tf.io.decode_image(image_bytes, channels=3, expand_animations=False),
-            [None, None, 3],
-        ),
+        other,
     )
 
 

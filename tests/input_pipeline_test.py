@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import itertools
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -424,3 +426,66 @@ def test_accumulated_micro_batches_hold_one_batch_in_every_epoch():
                                            start_step=95)
     for want in small[95:99]:
         np.testing.assert_array_equal(next(resumed)["label"], want["label"])
+
+
+def test_tilde_in_data_paths_is_expanded(folder_config, imagenet_config, monkeypatch):
+    """``--config.data.train_dir=~/x`` reaches the program unexpanded (no shell expands it)."""
+    root = pathlib.Path(folder_config.data.train_dir).parent
+    monkeypatch.setenv("HOME", str(root))
+    tilde = make_config(name="folder", train_dir="~/train", eval_dir="~/eval", image_size=16,
+                        eval_resize=18)
+    assert input_pipeline.dataset_info(tilde) == input_pipeline.dataset_info(folder_config)
+    want = input_pipeline.dataset_info(imagenet_config)  # builds it (manual_dir) if needed
+    tfds_dir = pathlib.Path(imagenet_config.data.data_dir)
+    monkeypatch.setenv("HOME", str(tfds_dir.parent))
+    tilde = make_config(data_dir=f"~/{tfds_dir.name}", image_size=16, eval_resize=20)
+    assert input_pipeline.dataset_info(tilde) == want
+
+
+def test_imagenet_older_build_is_used(imagenet_config, tmp_path):
+    """A build of imagenet2012 5.0.0 (the same train/validation) is found, not rebuilt."""
+    want = input_pipeline.dataset_info(imagenet_config)  # builds it (manual_dir) if needed
+    src = pathlib.Path(imagenet_config.data.data_dir) / "imagenet2012"
+    (version,) = [p for p in src.iterdir() if p.is_dir()]
+    shutil.copytree(version, tmp_path / "imagenet2012" / "5.0.0")
+    old = make_config(data_dir=str(tmp_path), image_size=16, eval_resize=20)
+    assert input_pipeline.dataset_info(old) == want
+    ids, _, _ = collect_eval(old, 4, 1)
+    assert sorted(ids) == list(range(1, 12))
+
+
+def test_decoding_matches_pil_rgb_conversion(tmp_path):
+    """Alpha dropped, grayscale replicated, as PIL's convert("RGB") that torchvision uses."""
+    from faq_jax import preprocess  # noqa: PLC0415 - loads TensorFlow
+
+    rng = np.random.default_rng(0)
+    rgba = Image.fromarray(rng.integers(0, 256, (7, 9, 4), dtype=np.uint8), "RGBA")
+    cases = {"rgba.webp": rgba, "rgba.png": rgba, "la.png": rgba.convert("LA"),
+             "gray.webp": rgba.convert("L"), "palette.png": rgba.convert("RGB").convert("P")}
+    for name, image in cases.items():
+        path = tmp_path / name
+        image.save(path, lossless=True) if name.endswith(".webp") else image.save(path)
+        got = preprocess._decode_full(preprocess.tf.io.read_file(str(path))).numpy()
+        np.testing.assert_array_equal(got, np.asarray(Image.open(path).convert("RGB")), name)
+
+
+def test_palette_bmp_is_refused_when_listing(tmp_path):
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        id_image(1).save(tmp_path / cls / "x.bmp")  # 24-bit: fine
+    id_image(2).convert("P").save(tmp_path / "b" / "y.bmp")  # 8-bit palette
+    with pytest.raises(ValueError, match="palette BMP.*y.bmp"):
+        datasets_folder.list_image_folder(str(tmp_path))
+
+
+def test_digits_augmentation_is_the_same_for_any_process_count():
+    c = config_defaults.default_config()
+    c.data.augment = "cifar"  # for digits: a random shift of up to 1 pixel
+    one = next(input_pipeline.train_batches(c, local_batch_size=8))
+    two = [next(input_pipeline.train_batches(c, local_batch_size=4, process_index=p,
+                                             process_count=2)) for p in (0, 1)]
+    for k in ("image", "label"):
+        np.testing.assert_array_equal(one[k], np.concatenate([t[k] for t in two]))
+    plain = config_defaults.default_config()
+    assert not np.array_equal(next(input_pipeline.train_batches(
+        plain, local_batch_size=8))["image"], one["image"])  # the shifts did something

@@ -145,3 +145,24 @@ def test_adaptive_avg_pool_bins(hw, out):
 def test_max_pool_pads_with_minus_inf():
     x = -jnp.ones((1, 4, 4, 1))
     assert float(layers.max_pool(x, 3, 2, 1).max()) == -1.0
+
+
+def test_mutable_true_keeps_the_network_quantized():
+    """``apply(..., mutable=True)`` (a common training-loop idiom) makes ``calib`` mutable
+    too; that must not switch every layer to its float calibration path."""
+    from faq_jax import calibrate, models  # noqa: PLC0415
+
+    model = models.create("resnet20", policy=policy_lib.W4A4, num_classes=10)
+    x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+    v = jax.jit(model.init)(jax.random.key(1), x)
+    quantized = model.apply(v, x, train=False)
+    float_net = models.create("resnet20", num_classes=10).apply(
+        {k: v[k] for k in ("params", "batch_stats")}, x, train=False)
+    assert not np.allclose(quantized, float_net)
+    for train in (False, True):
+        out, _ = model.apply(v, x, train=train, mutable=True)
+        want, _ = model.apply(v, x, train=train, mutable=["batch_stats"])
+        np.testing.assert_array_equal(out, want)
+    # calibrate() (mutable=["calib"]) still sees the float activations.
+    lsb = calibrate.calibrate(model, v, [x])
+    assert jax.tree.structure(lsb) == jax.tree.structure(v["quant"])

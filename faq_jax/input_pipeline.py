@@ -210,6 +210,7 @@ def train_batches(
             "training examples."
         )
     shard_bounds(0, process_index, process_count)  # Validates process_index.
+
     def steps(e: int) -> int:
         n = full if epoch_steps is None else epoch_steps(e)
         if not 0 < n <= full:

@@ -47,8 +47,10 @@ def builder(data_dir: str = "", manual_dir: str = "") -> Any:
     if imagenet.is_prepared():
         return imagenet
     for version in imagenet.versions:  # an older build (5.0.0 differs only in its test split)
+        if str(version) == str(imagenet.version):
+            continue
         older = tfds.builder(f"imagenet2012:{version}", data_dir=data_dir or None)
-        if str(version) != str(imagenet.version) and older.is_prepared():
+        if older.is_prepared():
             return older
     manual_dir = os.path.expanduser(manual_dir) if manual_dir else ""
     if not manual_dir or not all(os.path.isfile(os.path.join(manual_dir, f)) for f in ARCHIVES):

@@ -67,7 +67,7 @@ class Policy:
     input_lsb: int = -5
     percentile_8bit: float = 99.99  # calibration percentile for >= 8-bit activations
     percentile_lowbit: float = 99.9  # ... and below 8 bits
-    roles: tuple[tuple[str, str], ...] = ()  # (role, module path or glob), from the model
+    roles: tuple[tuple[str, str], ...] = ()  # (role, "|"-separated paths/globs), from the model
 
     def __post_init__(self):
         for name in ("w_bits", "a_bits", "bn_scale_bits", "bn_shift_bits", "bias_bits",
@@ -95,9 +95,11 @@ class Policy:
 
     def _matches(self, rule: Rule, path: str) -> bool:
         if rule.match.startswith("@"):
-            # A role names a path or a glob (Inception's last ReLUs are six branch ReLUs).
+            # A role names paths or globs, "|"-separated (Inception's last ReLUs are six
+            # branch ReLUs).
             target = dict(self.roles).get(rule.match[1:])
-            return target is not None and fnmatch.fnmatchcase(path, target)
+            return target is not None and any(fnmatch.fnmatchcase(path, t)
+                                              for t in target.split("|"))
         return fnmatch.fnmatchcase(path, rule.match)
 
     def weight_bits(self, path: str) -> int:

@@ -2,6 +2,7 @@
 
 import pytest
 
+from faq_jax import models
 from faq_jax import policy as policy_lib
 from faq_jax.policy import Policy, Rule
 
@@ -86,3 +87,16 @@ def test_bad_rule_bits():
 
 def test_policy_is_hashable():
     assert hash(policy_lib.W4A4.with_roles(ROLES)) == hash(policy_lib.W4A4.with_roles(ROLES))
+
+
+def test_inception_last_act_role_is_every_relu_the_classifier_reads():
+    """Mixed_7c's six branch outputs are concatenated, pooled and read by fc: all at 8 bits
+    in a W4A4 network; the ReLUs inside the branches stay at 4."""
+    model = models.create("inception_v3", policy=policy_lib.W4A4)
+    p = model.policy
+    finals = ("branch1x1", "branch3x3_2a", "branch3x3_2b", "branch3x3dbl_3a",
+              "branch3x3dbl_3b", "branch_pool")
+    assert [p.act_bits(f"Mixed_7c/{b}/act") for b in finals] == [8] * 6
+    inner = ("branch3x3_1", "branch3x3dbl_1", "branch3x3dbl_2")
+    assert [p.act_bits(f"Mixed_7c/{b}/act") for b in inner] == [4] * 3
+    assert p.act_bits("Mixed_7b/branch_pool/act") == 4

@@ -14,9 +14,9 @@ Module paths (torchvision state-dict keys):
   pool). ``input_quant`` quantizes the (transformed) image.
 - Heads: ``AuxLogits/{conv0,conv1,fc}``; ``fc``.
 
-Roles: first=``Conv2d_1a_3x3/conv``, last=``fc``, last_act=``Mixed_7c/branch_pool/act``
-(the last ReLU of the last block; all of Mixed_7c's branch ReLUs feed the classifier
-through the pool, and a role names one path), classifier_input=``fc_input``.
+Roles: first=``Conv2d_1a_3x3/conv``, last=``fc``, last_act=:data:`LAST_ACTS` (the six
+branch ReLUs of ``Mixed_7c`` whose outputs are concatenated, pooled and read by the
+classifier), classifier_input=``fc_input``.
 
 The aux head runs in training (as torchvision), at ``init`` (so its variables exist) and
 in calibration passes (so its quantizers get calibrated l's); eval returns main logits.
@@ -33,6 +33,11 @@ import jax.numpy as jnp
 from faq_jax import layers
 from faq_jax.layers import CALIB
 from faq_jax.policy import Policy
+
+# The ReLUs that feed the classifier: Mixed_7c's branch outputs (not its inner ReLUs).
+LAST_ACTS = "|".join(f"Mixed_7c/{b}/act" for b in (
+    "branch1x1", "branch3x3_2a", "branch3x3_2b", "branch3x3dbl_3a", "branch3x3dbl_3b",
+    "branch_pool"))
 
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
@@ -194,8 +199,8 @@ class Inception3(nn.Module):
 
     def roles(self) -> dict[str, str]:
         """Module path of each policy role (see the module docstring)."""
-        return {"first": "Conv2d_1a_3x3/conv", "last": "fc",
-                "last_act": "Mixed_7c/branch_pool/act", "classifier_input": "fc_input"}
+        return {"first": "Conv2d_1a_3x3/conv", "last": "fc", "last_act": LAST_ACTS,
+                "classifier_input": "fc_input"}
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array | tuple[jax.Array, ...]:

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from faq_jax import config_check, models
+from faq_jax import config_check, models, optim
 
 ROOT = pathlib.Path(__file__).parent.parent
 CONFIGS = sorted(ROOT.glob("configs/*.py"))
@@ -74,8 +74,11 @@ def test_4bit_recipe_values(name, wd):
 
 def test_ablations():
     cfg = {p.stem: load(p) for p in CONFIGS if p.stem.startswith("r18_w4a4_")}
-    assert (cfg["r18_w4a4_ep60_b400"].num_epochs, cfg["r18_w4a4_ep60_b400"].batch_size) == \
-        (60, 400)
+    e60 = cfg["r18_w4a4_ep60_b400"]
+    assert (e60.num_epochs, e60.batch_size) == (60, 400)
+    # "the same initial and final learning rates" as the 110-epoch run (paper, section 4)
+    last110 = 0.0015 * 0.936 ** 109
+    assert e60.optim.lr * e60.optim.decay_rate ** 59 == pytest.approx(last110, rel=1e-3)
     s = cfg["r18_w4a4_stepdecay"].optim
     assert (s.lr, s.schedule, tuple(s.step_epochs), s.step_factor) == \
         (1e-3, "step", (30, 60, 90), 0.1)
@@ -87,4 +90,6 @@ def test_ablations():
     r = cfg["r18_w4a4_scratch"]
     assert (r.init, r.optim.lr, r.optim.decay_rate) == ("random", 0.1, 0.901)
     step = load(ROOT / "configs" / "r18_w4a4_scratch.py", "step")
-    assert tuple(step.optim.step_epochs) == (30, 60, 85, 95)
+    assert tuple(step.optim.step_epochs) == (30, 60, 85, 95, 95)
+    lrs = [float(optim.lr_at_epoch(step.optim, e)) for e in (29, 30, 94, 95, 109)]
+    assert lrs == pytest.approx([0.1, 0.01, 1e-4, 1e-6, 1e-6])

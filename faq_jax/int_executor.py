@@ -66,6 +66,8 @@ class IntegerOverflowError(OverflowError):
 
 def _shl(q: np.ndarray, k: int, where: str) -> np.ndarray:
     """q * 2^k (k >= 0) in int64, refusing results that would not fit."""
+    if k == 0:
+        return q
     top = int(np.max(np.abs(q), initial=0)).bit_length()
     if k > 62 or (top and top + k > 62):
         raise IntegerOverflowError(

@@ -271,9 +271,9 @@ def load_workdir(workdir: str, config_path: str | None = None
     """(quantized model, latest fine-tuned variables, config) of a training workdir."""
     import orbax.checkpoint as ocp  # noqa: PLC0415
 
-    from faq_jax import config_check, models  # noqa: PLC0415
+    from faq_jax import checkpointing, config_check, models  # noqa: PLC0415
 
-    workdir = workdir if "://" in workdir else os.path.abspath(workdir)  # orbax: absolute
+    workdir = checkpointing.absolute(workdir)
     config = _config_from_workdir(workdir, config_path)
     policy = config_check.make_policy(config)
     if policy is None:

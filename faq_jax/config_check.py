@@ -39,8 +39,11 @@ def _check_optim(prefix: str, o: ml_collections.ConfigDict) -> None:
         _fail(f"{prefix}.step_epochs", o.step_epochs, "must be ascending")
 
 
-def validate(config: ml_collections.ConfigDict) -> set[str]:
-    """Raises ValueError naming the first bad field; returns the set of stages to run."""
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> set[str]:
+    """Raises ValueError naming the first bad field; returns the set of stages to run.
+
+    ``num_devices`` (default: ``jax.device_count()``) checks a config for another mesh.
+    """
     models.spec(config.arch)
     if config.data.name not in DATASETS:
         _fail("data.name", config.data.name, f"must be one of {DATASETS}")
@@ -64,16 +67,19 @@ def validate(config: ml_collections.ConfigDict) -> set[str]:
         v = config[name]
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             _fail(name, v, f"must be an int >= {low}")
+    n_dev = jax.device_count() if num_devices is None else num_devices
     for name in ("batch_size", "eval_batch_size"):
         v = config[name]
-        if not isinstance(v, int) or v < 1:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             _fail(name, v, "must be a positive int")
-        if v % jax.device_count():
-            _fail(name, v, f"must be a multiple of the {jax.device_count()} devices")
-    if config.micro_batch_size and (config.batch_size % config.micro_batch_size
-                                    or config.micro_batch_size % jax.device_count()):
-        _fail("micro_batch_size", config.micro_batch_size,
-              "must divide batch_size and be a multiple of the device count")
+    # eval_batch_size needs no divisibility: evaluation pads each batch to the device count.
+    _check_multiple("batch_size", config.batch_size, n_dev, "devices")
+    if config.micro_batch_size:
+        _check_multiple("micro_batch_size", config.micro_batch_size, n_dev, "devices")
+        if config.batch_size % config.micro_batch_size:
+            _fail("micro_batch_size", config.micro_batch_size,
+                  f"must divide batch_size={config.batch_size}; nearest divisors: "
+                  f"{_nearest_divisors(config.batch_size, config.micro_batch_size, n_dev)}")
     for e, b in config.batch_schedule or ():
         if b % (config.micro_batch_size or config.batch_size):
             _fail("batch_schedule", config.batch_schedule,
@@ -87,9 +93,9 @@ def validate(config: ml_collections.ConfigDict) -> set[str]:
         _check_optim("pretrain.optim", config.pretrain.optim)
         _whole_epochs("pretrain.num_epochs", config.pretrain.num_epochs)
         b = config.pretrain.batch_size
-        if isinstance(b, bool) or not isinstance(b, int) or b < 1 or b % jax.device_count():
-            _fail("pretrain.batch_size", b,
-                  f"must be a positive multiple of the {jax.device_count()} devices")
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            _fail("pretrain.batch_size", b, "must be a positive int")
+        _check_multiple("pretrain.batch_size", b, n_dev, "devices")
     if config.init == "pretrained" and not config.init_checkpoint and "pretrain" not in stages:
         _fail("init_checkpoint", config.init_checkpoint,
               "config.init='pretrained' needs the folder written by `python -m weights_convert "
@@ -100,6 +106,20 @@ def validate(config: ml_collections.ConfigDict) -> set[str]:
               "no such folder; convert torchvision weights first with `python -m "
               "weights_convert --arch ARCH --weights IMAGENET1K_V1 --out DIR`")
     return stages
+
+
+def _check_multiple(field: str, v: int, n: int, of: str) -> None:
+    """A batch size must split evenly over ``n`` devices; never changed silently."""
+    if v % n:
+        lo, hi = v // n * n, (v // n + 1) * n
+        near = f"{lo} or {hi}" if lo else f"{hi}"
+        _fail(field, v, f"must be a multiple of the {n} {of}; nearest valid values: {near}")
+
+
+def _nearest_divisors(total: int, v: int, n: int) -> str:
+    """The divisors of ``total`` that are multiples of ``n``, nearest to ``v`` first."""
+    ok = [d for d in range(n, total + 1, n) if total % d == 0]
+    return " or ".join(str(d) for d in sorted(ok, key=lambda d: (abs(d - v), d))[:2]) or "none"
 
 
 def _whole_epochs(field: str, v: Any) -> None:

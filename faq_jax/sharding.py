@@ -55,6 +55,15 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(put, tree)
 
 
+def padded_eval_batch(eval_batch_size: int) -> tuple[int, int]:
+    """(global, per-process) evaluation batch: ``eval_batch_size`` rounded up to a multiple
+    of the device count, so any size works on any mesh. Evaluation is masked, so the extra
+    rows (more examples, or padding in the last batch) never change a result."""
+    n_dev = jax.device_count()
+    padded = -(-int(eval_batch_size) // n_dev) * n_dev
+    return padded, padded // jax.process_count()
+
+
 def check_divisible(global_batch: int, what: str) -> int:
     """The per-process share of ``global_batch``; ValueError if devices do not divide it."""
     n_dev, n_proc = jax.device_count(), jax.process_count()

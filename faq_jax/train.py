@@ -96,7 +96,7 @@ def evaluate(eval_step: Any, variables: dict[str, Any], config: ml_collections.C
              step: int = 0, prefix: str = "eval") -> dict[str, float]:
     """Top-1/top-5/loss over the whole eval split (padded + masked: every example once)."""
     variables = sharding.replicate(variables, mesh)
-    local = sharding.check_divisible(config.eval_batch_size, "eval_batch_size")
+    global_batch, local = sharding.padded_eval_batch(config.eval_batch_size)
     total = None
     it = input_pipeline.eval_batches(config, local_batch_size=local,
                                      process_index=jax.process_index(),
@@ -113,8 +113,8 @@ def evaluate(eval_step: Any, variables: dict[str, Any], config: ml_collections.C
         m = eval_step(variables, sharding.to_global(batch, bsh))
         total = m if total is None else jax.tree.map(jnp.add, total, m)
         if (i + 1) % 50 == 0:  # progress line; the batch count is known up front
-            rate = (i + 1) * config.eval_batch_size / max(time.time() - t0, 1e-9)
-            eta = (n_total - i - 1) * config.eval_batch_size / rate
+            rate = (i + 1) * global_batch / max(time.time() - t0, 1e-9)
+            eta = (n_total - i - 1) * global_batch / rate
             logging.info("%s: batch %d/%d, %.1f img/s, ETA %.0f s", prefix, i + 1, n_total,
                          rate, eta)
     total = jax.device_get(total)
@@ -321,16 +321,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         _save_summary(workdir, summary)
 
     quant_eval = None if quant_model is None else make_evaluator(quant_model)
-    if quant_model is not None and not resumed_finetune:
-        if "calibrate" in stages and config.calib.enabled:
-            local = sharding.check_divisible(config.batch_size, "batch_size")
-            batches = input_pipeline.calibration_batches(
-                config, local_batch_size=local, num_batches=config.calib.num_batches,
-                process_index=jax.process_index(), process_count=jax.process_count())
-            bsh = sharding.batch_sharding(mesh)
-            variables["quant"] = jax.device_get(calibrate_lib.calibrate(
-                quant_model, sharding.replicate(variables, mesh),
-                (sharding.to_global(b, bsh)["image"] for b in batches)))
+    if quant_model is not None and not resumed_finetune and \
+            stages & {"calibrate", "eval_quant", "finetune"}:
+        variables["quant"] = _calibrated_quant(config, stages, summary, quant_model, variables,
+                                               mesh)
+        if config.calib.enabled:
             summary["calibrated_lsb"] = _flat_lsbs(variables["quant"])
         if "eval_quant" in stages and "quant_before" not in summary:
             summary["quant_before"] = evaluate(quant_eval, variables, config, mesh, writer, 0,
@@ -353,6 +348,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.flush()
     _log_table(summary)
     return {**summary, "variables": variables}
+
+
+def _calibrated_quant(config: ml_collections.ConfigDict, stages: set[str],
+                      summary: dict[str, Any], quant_model, variables: dict[str, Any],
+                      mesh: jax.sharding.Mesh) -> dict[str, Any]:
+    """The activation l's every quantized stage uses (FAQ section 3).
+
+    With ``calib.enabled`` a quantized network never runs on the uncalibrated defaults: the
+    ``calibrate`` stage calibrates; without it, the l's an earlier run of this workdir
+    calibrated are reused, and if there are none, calibration runs anyway (with a warning
+    saying so). ``calib.enabled=False`` keeps the defaults, FAQ's no-calibration control.
+    """
+    quant = variables["quant"]
+    if not config.calib.enabled:
+        return quant
+    if "calibrate" not in stages:
+        if "calibrated_lsb" in summary:
+            logging.info("using the activation l's calibrated by an earlier run of this workdir")
+            return _unflat_lsbs(summary["calibrated_lsb"], quant)
+        logging.warning("config.stages=%r has no 'calibrate' and this workdir holds no "
+                        "calibrated l's: calibrating now (config.calib.enabled=True). Set "
+                        "config.calib.enabled=False for the uncalibrated control.",
+                        config.stages)
+    local = sharding.check_divisible(config.batch_size, "batch_size")
+    batches = input_pipeline.calibration_batches(
+        config, local_batch_size=local, num_batches=config.calib.num_batches,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    bsh = sharding.batch_sharding(mesh)
+    return jax.device_get(calibrate_lib.calibrate(
+        quant_model, sharding.replicate(variables, mesh),
+        (sharding.to_global(b, bsh)["image"] for b in batches)))
+
+
+def _unflat_lsbs(flat: dict[str, float], like: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`_flat_lsbs` on the structure of ``like``; ValueError on a mismatch."""
+    paths, treedef = jax.tree_util.tree_flatten_with_path(like)
+    keys = ["/".join(k.key for k in path[:-1]) for path, _ in paths]
+    if sorted(keys) != sorted(flat):
+        raise ValueError("the calibrated l's in summary.json do not fit this network's "
+                         f"quantizers (missing {sorted(set(keys) - set(flat))[:3]}, unexpected "
+                         f"{sorted(set(flat) - set(keys))[:3]}); use a new --workdir")
+    leaves = [np.asarray(flat[k], np.asarray(v).dtype) for k, (_, v) in zip(keys, paths,
+                                                                               strict=True)]
+    return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 def _flat_lsbs(quant_vars: dict[str, Any]) -> dict[str, float]:

@@ -93,3 +93,61 @@ def test_ablations():
     assert tuple(step.optim.step_epochs) == (30, 60, 85, 95, 95)
     lrs = [float(optim.lr_at_epoch(step.optim, e)) for e in (29, 30, 94, 95, 109)]
     assert lrs == pytest.approx([0.1, 0.01, 1e-4, 1e-6, 1e-6])
+
+
+def _with_checkpoint(c, tmp_path):
+    """The paper configs start from a converted checkpoint: point them at an existing folder."""
+    if c.init == "pretrained" and "pretrain" not in c.stages:
+        c.init_checkpoint = str(tmp_path)
+    return c
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_validates_on_1_2_4_8_devices(path, tmp_path):
+    c = _with_checkpoint(load(path), tmp_path)
+    for n in (1, 2, 4, 8):
+        config_check.validate(c, num_devices=n)
+
+
+def test_batch_size_not_divisible_names_the_nearest_valid_values(tmp_path):
+    c = _with_checkpoint(load(ROOT / "configs" / "r18_w4a4.py"), tmp_path)
+    c.batch_size = 250
+    with pytest.raises(ValueError, match=r"batch_size=250.*8 devices.*248 or 256"):
+        config_check.validate(c, num_devices=8)
+    c.batch_size, c.micro_batch_size = 256, 96
+    with pytest.raises(ValueError, match=r"micro_batch_size=96.*nearest divisors: 64 or 128"):
+        config_check.validate(c, num_devices=8)
+    c.micro_batch_size, c.eval_batch_size = 0, 250  # any eval batch: evaluation pads it
+    config_check.validate(c, num_devices=8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_first_train_step_lowers_on_8_devices(path, tmp_path):
+    """Every config's real first step (its batch, image size, policy) lowers on 8 devices."""
+    import jax
+    import jax.numpy as jnp
+
+    from faq_jax import sharding, steps
+
+    assert jax.device_count() == 8
+    c = _with_checkpoint(load(path), tmp_path)
+    config_check.validate(c)
+    policy = config_check.make_policy(c)
+    model = models.create(c.arch, policy=policy, num_classes=c.num_classes)
+    num_train = c.data.num_train or 50 * c.batch_size
+    batches = optim.batch_schedule(c, num_train, int(c.num_epochs))
+    tx = optim.make_optimizer(c.optim, batches)
+    size = c.data.image_size
+    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    key = jax.random.key(0)
+    state = jax.eval_shape(lambda x: steps.create_state(model.init(key, x), tx, key), x)
+    batch = {"image": jax.ShapeDtypeStruct((batches.accum(0), batches.micro, size, size, 3),
+                                           jnp.float32),
+             "label": jax.ShapeDtypeStruct((batches.accum(0), batches.micro), jnp.int32)}
+    mesh = sharding.make_mesh()
+    repl = sharding.replicated(mesh)
+    step = jax.jit(steps.make_train_step(model, tx), in_shardings=(repl, sharding.batch_sharding(
+        mesh, 1)), out_shardings=(repl, repl), donate_argnums=0)
+    lowered = step.lower(state, batch)
+    assert "sharding" in lowered.as_text()[:100_000]

@@ -146,3 +146,35 @@ def test_checkpoint_past_the_configured_end_is_refused(tmp_path):
     with pytest.raises(checkpointing.CheckpointError, match="step 2, past this run's last step 1"):
         train.train_and_evaluate(_config(max_steps=1, stages="finetune"), str(tmp_path))
     assert checkpointing.latest_step(str(tmp_path / "checkpoints")) == 2
+
+
+@pytest.mark.slow
+def test_quantized_stages_never_run_uncalibrated(tmp_path):
+    """A stage list without 'calibrate' still evaluates/fine-tunes the calibrated network."""
+    explicit = train.train_and_evaluate(_config(stages="calibrate,eval_quant"),
+                                        str(tmp_path / "a"))
+    implicit = train.train_and_evaluate(_config(stages="eval_quant"), str(tmp_path / "b"))
+    assert implicit["calibrated_lsb"] == explicit["calibrated_lsb"]
+    assert implicit["quant_before"] == explicit["quant_before"]
+    # A later 'finetune' alone in the same workdir reuses the l's calibrated there.
+    later = train.train_and_evaluate(_config(stages="finetune", max_steps=1),
+                                     str(tmp_path / "b"))
+    for a, b in zip(jax.tree.leaves(later["variables"]["quant"]),
+                    jax.tree.leaves(explicit["variables"]["quant"]), strict=True):
+        assert float(a) == float(b)
+    # calib.enabled=False is FAQ's uncalibrated control: the defaults, nothing recorded.
+    control = train.train_and_evaluate(_config(stages="eval_quant", **{"calib.enabled": False}),
+                                       str(tmp_path / "c"))
+    assert "calibrated_lsb" not in control
+    assert control["quant_before"] != explicit["quant_before"]
+
+
+def test_any_eval_batch_size_works_on_8_devices(tmp_path):
+    """150 is no multiple of the 8 devices: batches are padded, every digit counted once."""
+    assert jax.device_count() == 8
+    a = train.train_and_evaluate(_config(stages="eval_fp32", eval_batch_size=150),
+                                 str(tmp_path / "a"))["fp32"]
+    b = train.train_and_evaluate(_config(stages="eval_fp32", eval_batch_size=152),
+                                 str(tmp_path / "b"))["fp32"]
+    assert a["count"] == b["count"] == 300
+    assert a["top1"] == b["top1"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)

@@ -151,3 +151,54 @@ def test_first_train_step_lowers_on_8_devices(path, tmp_path):
         mesh, 1)), out_shardings=(repl, repl), donate_argnums=0)
     lowered = step.lower(state, batch)
     assert "sharding" in lowered.as_text()[:100_000]
+
+
+def _lr_at_epoch_starts(c, num_train):
+    """The learning rate the optimizer uses at the first step of every epoch."""
+    batches = optim.batch_schedule(c, num_train, int(c.num_epochs))
+    schedule = optim.lr_schedule(c.optim, batches)
+    return [float(schedule(s)) for s in batches.epoch_starts()[:-1]]
+
+
+def test_schedules_keep_the_paper_first_and_last_learning_rate():
+    """Paper: "the same initial and final learning rates in all cases" (0.0015 -> 1.1e-6)."""
+    last110 = 0.0015 * 0.936 ** 109
+    for name in ("r18_w4a4", "r18_w4a4_ep60_b400", "r18_w4a4_batchsched"):
+        c = load(ROOT / "configs" / f"{name}.py")
+        lrs = _lr_at_epoch_starts(c, 1_281_167)
+        assert lrs[0] == pytest.approx(0.0015), name
+        assert lrs[-1] == pytest.approx(last110, rel=2e-3), name
+        assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False)), name
+    # The batch-size phases (512 from epoch 55, 1024 from 150, 2048 from 160) train at
+    # learning rates of the 110-epoch run's last third, not at ~1e-7.
+    c = load(ROOT / "configs" / "r18_w4a4_batchsched.py")
+    lrs = _lr_at_epoch_starts(c, 1_281_167)
+    assert lrs[55] == pytest.approx(1.34e-4, rel=1e-2)
+    assert lrs[150] == pytest.approx(2.05e-6, rel=1e-2)
+    assert lrs[160] == pytest.approx(1.32e-6, rel=1e-2)
+    assert min(lrs) > 1e-6
+
+
+@pytest.mark.parametrize("name", ["r18_w4a4", "r34_w4a4", "r50_w4a4", "r18_w8a8"])
+def test_built_policy_keeps_first_and_last_layers_at_8_bits(name):
+    """The policy the config builds, bound to the real model: which quantizers are 8-bit."""
+    import jax
+    import jax.numpy as jnp
+
+    c = load(ROOT / "configs" / f"{name}.py")
+    model = models.create(c.arch, policy=config_check.make_policy(c), num_classes=c.num_classes)
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x),
+                            jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+    weights, acts = models.quant_sites(shapes)
+    pol = model.policy
+    w8 = sorted(p for p in weights if pol.weight_bits(p) == 8)
+    a8 = sorted(p for p in acts if pol.act_bits(p) == 8)
+    if c.quant.w_bits == 8:
+        assert len(w8) == len(weights) and len(a8) == len(acts)
+        return
+    last_relu = {"resnet18": "layer4_1/act2", "resnet34": "layer4_2/act2",
+                 "resnet50": "layer4_2/act3"}[c.arch]  # after the last block's residual add
+    assert w8 == ["conv1", "fc"]
+    assert a8 == ["fc_input", last_relu]
+    assert {pol.weight_bits(p) for p in weights if p not in w8} == {4}
+    assert {pol.act_bits(p) for p in acts if p not in a8} == {4}

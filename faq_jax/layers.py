@@ -267,19 +267,30 @@ def avg_pool(x: jax.Array, window: int, stride: int, padding: int = 0,
                        count_include_pad=count_include_pad)
 
 
+def adaptive_pool_bins(n: int, o: int) -> list[tuple[int, int]]:
+    """torch AdaptiveAvgPool's bins along one axis: bin i spans [floor(i n / o),
+    ceil((i + 1) n / o))."""
+    return [((i * n) // o, -((-(i + 1) * n) // o)) for i in range(o)]
+
+
+def adaptive_pool_averages(in_hw: tuple[int, int], out_hw: tuple[int, int]) -> bool:
+    """Whether some bin of an adaptive pool holds more than one element (then its output is
+    an average that must be re-quantized before a conv/dense reads it; otherwise every
+    output is a copy of an input element: the identity, or a replication)."""
+    return any(b - a > 1 for n, o in zip(in_hw, out_hw, strict=True)
+               for a, b in adaptive_pool_bins(n, o))
+
+
 def adaptive_avg_pool(x: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
-    """torch AdaptiveAvgPool2d: bin i spans [floor(i n / o), ceil((i + 1) n / o))."""
+    """torch AdaptiveAvgPool2d (bins: :func:`adaptive_pool_bins`)."""
     h, w = x.shape[1:3]
     oh, ow = out_hw
     if (h, w) == (oh, ow):
         return x
     rows = []
-    for i in range(oh):
-        h0, h1 = (i * h) // oh, -((-(i + 1) * h) // oh)
-        cols = []
-        for j in range(ow):
-            w0, w1 = (j * w) // ow, -((-(j + 1) * w) // ow)
-            cols.append(jnp.mean(x[:, h0:h1, w0:w1, :], axis=(1, 2)))
+    for h0, h1 in adaptive_pool_bins(h, oh):
+        cols = [jnp.mean(x[:, h0:h1, w0:w1, :], axis=(1, 2))
+                for w0, w1 in adaptive_pool_bins(w, ow)]
         rows.append(jnp.stack(cols, axis=1))
     return jnp.stack(rows, axis=1)
 

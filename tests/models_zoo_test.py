@@ -127,7 +127,7 @@ def _expected_act_sites(arch: str, params) -> set[str]:
     bns = _paths(params, "scale")
     if arch == "vgg16_bn":  # conv features_i, bn features_{i+1}, relu features_{i+2}
         relus = {f"features_{int(b.split('_')[1]) + 1}" for b in bns}
-        return relus | {"classifier_1", "classifier_4", "classifier_input"}
+        return relus | {"classifier_1", "classifier_4"}  # 32x32: the 7x7 pool copies
     if arch == "densenet161":  # normX -> reluX; norm5 is followed by the top-level relu5
         relus = {re.sub(r"norm(\d?)$", r"relu\1", b) for b in bns if b != "features/norm5"}
         return relus | {"relu5", "classifier_input"}
@@ -145,6 +145,23 @@ def test_activation_quantizer_at_every_relu_and_requantizer(arch, quantized):
     _, shapes = quantized[arch]
     lsbs = _paths(shapes[layers.QUANT], "lsb")
     assert lsbs == _expected_act_sites(arch, shapes["params"])
-    # ReLUs + re-quantizers: VGG 15 + 1, DenseNet 161 + 1, Inception 96 + 22.
-    assert len(lsbs) == {"vgg16_bn": 16, "densenet161": 162, "inception_v3": 118}[arch]
+    # ReLUs + re-quantizers: VGG 15 + 0, DenseNet 161 + 1, Inception 96 + 22.
+    assert len(lsbs) == {"vgg16_bn": 15, "densenet161": 162, "inception_v3": 118}[arch]
 
+
+
+@pytest.mark.parametrize("size,requant", [(32, False), (64, True), (224, False)])
+def test_vgg_requantizes_the_pool_only_where_it_averages(size, requant):
+    """At 224 the 7x7 pool is the identity and at 32 it replicates the 1x1 map: no
+    re-quantizer. At 64 (2x2 -> 7x7) some bins average two values: one re-quantizer at
+    classifier_0's 4-bit width. FAQ's 8-bit classifier input is the logits layer's input."""
+    module = models.create("vgg16_bn", policy=W4A4, num_classes=10)
+    shapes = jax.eval_shape(lambda x: module.init(jax.random.key(0), x),
+                            jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+    lsbs = _paths(shapes[layers.QUANT], "lsb")
+    assert ("classifier_0_input" in lsbs) == requant
+    p = module.policy
+    assert module.roles()["classifier_input"] == "classifier_4" == module.roles()["last_act"]
+    assert p.act_bits("classifier_4") == 8 and p.act_bits("classifier_1") == 4
+    if requant:
+        assert p.act_bits("classifier_0_input") == 4

@@ -7,15 +7,19 @@ Module paths (torchvision state-dict keys, numeric indices joined with ``_``):
   activation quantizer (:class:`~faq_jax.layers.ActQuant` ``features_{i+2}``); "M" is a
   2x2 max pool (no module, index still counted). ReLU sites: ``features_2``, ``_5``,
   ``_9``, ..., ``features_42``.
-- ``classifier_input``: :class:`ActQuant` (relu=False) re-quantizer of the
-  ``AdaptiveAvgPool2d((7, 7))`` output (a pooled tensor feeding ``classifier_0``; at
-  224x224 the pool is the identity and the re-quantizer lossless).
+- ``classifier_0_input``: :class:`ActQuant` (relu=False) re-quantizer of the
+  ``AdaptiveAvgPool2d((7, 7))`` output, at ``classifier_0``'s activation width. It exists
+  only where the pool averages (some bin holds more than one element, e.g. 64x64 images):
+  at 224x224 the pool is the identity, at 32x32 a replication of the 1x1 map, and the
+  features go to ``classifier_0`` exactly as the last conv's ReLU quantized them.
 - ``classifier_0`` (Dense), ``classifier_1`` (ReLU ActQuant), ``classifier_2`` (dropout),
   ``classifier_3``, ``classifier_4`` (ReLU ActQuant), ``classifier_5`` (dropout),
   ``classifier_6`` (the logits Dense).
 
 Roles: first=``features_0``, last=``classifier_6``, last_act=``classifier_4`` (the ReLU
-feeding the logits layer), classifier_input=``classifier_input``.
+feeding the logits layer), classifier_input=``classifier_4`` too: the logits layer reads that
+ReLU directly (through dropout), so FAQ's 8-bit classifier input is that quantizer, and no
+re-quantizer sits in front of the 4-bit ``classifier_0``.
 
 torch flattens the pooled map in NCHW order, so the map is transposed to NCHW before
 flattening: ``classifier_0``'s kernel is then exactly torch's ``weight.T``.
@@ -52,7 +56,7 @@ class VGG(nn.Module):
     def roles(self) -> dict[str, str]:
         """Module path of each policy role (see the module docstring)."""
         return {"first": "features_0", "last": "classifier_6", "last_act": "classifier_4",
-                "classifier_input": "classifier_input"}
+                "classifier_input": "classifier_4"}
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -69,9 +73,11 @@ class VGG(nn.Module):
             x = layers.BatchNorm(policy=p, name=f"features_{i + 1}")(x, train)
             x = layers.ActQuant(policy=p, name=f"features_{i + 2}")(x)
             i += 3
+        averages = layers.adaptive_pool_averages(x.shape[1:3], (7, 7))
         x = layers.adaptive_avg_pool(x, (7, 7))
         x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # torch's NCHW flatten
-        x = layers.ActQuant(relu=False, policy=p, name="classifier_input")(x)
+        if averages:  # an average feeds classifier_0: back onto its input grid
+            x = layers.ActQuant(relu=False, policy=p, name="classifier_0_input")(x)
         x = layers.Dense(4096, policy=p, dtype=dt, kernel_init=_dense_init,
                          name="classifier_0")(x)
         x = layers.ActQuant(policy=p, name="classifier_1")(x)

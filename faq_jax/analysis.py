@@ -33,11 +33,21 @@ def _kernel_items(params: Any) -> list[tuple[str, Any]]:
     return out
 
 
+def column_cosines(a: Any, b: Any, xp: Any = np) -> Any:
+    """cos(a[:, j], b[:, j]) per column, with ``xp`` = numpy or jax.numpy.
+
+    A zero vector has no direction: where either column is all zeros the cosine is 0 (no
+    similarity), never 1. The gradient-noise and the weight-similarity measures both use
+    this rule.
+    """
+    den = xp.sqrt(xp.sum(a * a, axis=0)) * xp.sqrt(xp.sum(b * b, axis=0))
+    return xp.where(den > 0, xp.sum(a * b, axis=0) / xp.where(den > 0, den, 1.0), 0.0)
+
+
 def _cosine(a: jax.Array, b: jax.Array) -> jax.Array:
-    """cos(a, b) over all elements; 0 when either vector is zero."""
-    a, b = a.reshape(-1).astype(jnp.float32), b.reshape(-1).astype(jnp.float32)
-    den = jnp.linalg.norm(a) * jnp.linalg.norm(b)
-    return jnp.where(den > 0, jnp.vdot(a, b) / jnp.where(den > 0, den, 1.0), 0.0)
+    """cos(a, b) over all elements (:func:`column_cosines` of the flattened tensors)."""
+    a, b = a.reshape(-1, 1).astype(jnp.float32), b.reshape(-1, 1).astype(jnp.float32)
+    return column_cosines(a, b, jnp)[0]
 
 
 class GradNoise:
@@ -92,28 +102,31 @@ def summarize_grad_noise(cos: dict[str, Any]) -> dict[str, Any]:
 
 
 def neuron_cosines(before: np.ndarray, after: np.ndarray) -> np.ndarray:
-    """Cosine per output channel (last axis of a conv HWIO / dense (in, out) kernel)."""
+    """Cosine per output channel (last axis of a conv HWIO / dense (in, out) kernel), in
+    float64; 0 for a neuron whose weights are all zero before or after."""
     a = np.asarray(before, np.float64).reshape(-1, before.shape[-1])
     b = np.asarray(after, np.float64).reshape(-1, after.shape[-1])
-    num = np.sum(a * b, axis=0)
-    den = np.linalg.norm(a, axis=0) * np.linalg.norm(b, axis=0)
-    return np.where(den > 0, num / np.maximum(den, 1e-300), 1.0)
+    return column_cosines(a, b)
 
 
 def weight_similarity(before: Any, after: Any) -> dict[str, Any]:
     """Per-layer and overall mean neuron cosine between two ``params`` trees' kernels.
 
     ``mean`` averages over all neurons of the network (Fig. 2's number); ``per_layer``
-    averages within each layer.
+    averages within each layer. A neuron whose weights are all zero before or after counts
+    with cosine 0 (:func:`column_cosines`); ``zero_norm_neurons`` says how many there were.
     """
-    per_layer, all_cos = {}, []
+    per_layer, all_cos, zero = {}, [], 0
     flat_b = dict(_kernels(before))
     for path, k_after in _kernels(after):
-        cos = neuron_cosines(flat_b[path], k_after)
+        k_before = flat_b[path]
+        cos = neuron_cosines(k_before, k_after)
         per_layer[path] = float(cos.mean())
         all_cos.append(cos)
+        zero += int(np.sum(~np.any(k_before.reshape(-1, k_before.shape[-1]), axis=0)
+                           | ~np.any(k_after.reshape(-1, k_after.shape[-1]), axis=0)))
     overall = float(np.concatenate(all_cos).mean()) if all_cos else float("nan")
-    return {"mean": overall, "per_layer": per_layer}
+    return {"mean": overall, "per_layer": per_layer, "zero_norm_neurons": zero}
 
 
 def _kernels(params: Any) -> list[tuple[str, np.ndarray]]:

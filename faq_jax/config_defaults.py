@@ -81,6 +81,8 @@ def get_base(arch: str, w_bits: int, a_bits: int, *, num_epochs: int = 1,
         bias_bits=32, bias_lsb=-16,
         input_bits=8, input_lsb=-5,  # normalised image: covers ±3.97
     ))
+    if arch == "inception_v3":  # its quantizer reads transform_input's 2p - 1 in [-1, 1]:
+        c.quant.input_lsb = -7  # 254 codes (l = -5: 65); benchmarks/inception_input_lsb.py
     # Activation calibration (FAQ.md section 3).
     c.calib = ml_collections.ConfigDict(dict(
         enabled=True,             # False: FAQ's control, y_max = 2^(b/2) - 1

@@ -124,3 +124,16 @@ def test_plots_write_pngs(tmp_path):
                            tmp_path / "acc.png", offsets={"w4a4": 2})
     for name in ("gn.png", "ws.png", "acc.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_zero_norm_neurons_count_as_cosine_zero_in_both_measures():
+    """A neuron with all-zero weights has no direction: cosine 0 (not 1), as in Fig. 1's
+    measure; weight_similarity counts such neurons."""
+    before = np.array([[1.0, 0.0, 2.0], [1.0, 0.0, 0.0]])  # 2 inputs, 3 neurons
+    after = np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])  # neuron 2 -> zero after
+    after[:, 2] = 0.0
+    np.testing.assert_allclose(analysis.neuron_cosines(before, after), [1.0, 0.0, 0.0])
+    sim = analysis.weight_similarity(_params(before), _params(after))
+    assert sim["mean"] == pytest.approx(1 / 3) and sim["zero_norm_neurons"] == 2
+    flat = analysis.column_cosines(jnp.zeros((4, 1)), jnp.ones((4, 1)), jnp)
+    assert float(flat[0]) == 0.0

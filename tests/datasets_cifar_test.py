@@ -244,3 +244,48 @@ def test_jpeg_test_split():
             datasets_cifar.check_archives(bad.data)
     with pytest.raises(ValueError, match="config.data.archive.*JPEG test archive"):
         datasets_cifar.check_archives(cifar_config(archive=JPEG_TEST_ARCHIVE).data)
+
+
+def test_tfds_cifar10_prepared_offline_from_a_miniature_binary_archive(mini, tmp_path):
+    """TFDS's own builder prepares cifar10 from the miniature binary archive without network:
+    the archive sits in TFDS's download cache under the name TFDS gives the official URL's
+    download (url + registered sha256), which TFDS trusts without re-hashing."""
+    from faq_jax import lazy_imports, prepare_cifar10  # noqa: PLC0415 - loads TensorFlow
+
+    tfds = lazy_imports.tensorflow_datasets()
+    from tensorflow_datasets.core.download import download_manager  # noqa: PLC0415
+    from tensorflow_datasets.core.download import resource as resource_lib  # noqa: PLC0415
+
+    data_dir = tmp_path / "tfds"
+    config = cifar_config(source="tfds", data_dir=str(data_dir))
+    with pytest.raises(FileNotFoundError, match="not prepared.*prepare_cifar10"):
+        input_pipeline.dataset_info(config)
+    # manual_dir: TFDS checks the file against the official archive's size and sha256.
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    (manual / prepare_cifar10.ARCHIVE).write_bytes(open(mini["binary"], "rb").read())
+    with pytest.raises(download_manager.NonMatchingChecksumError, match=str(manual)):
+        prepare_cifar10.builder(str(tmp_path / "tfds_manual"), str(manual))
+    # The download cache: what a finished download of the official URL leaves behind.
+    url_info = tfds.builder("cifar10").url_infos[prepare_cifar10.URL]
+    cached = tfds.core.Path(data_dir, "downloads", "cifar10",
+                            resource_lib.get_dl_fname(prepare_cifar10.URL, url_info.checksum))
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(open(mini["binary"], "rb").read())
+    resource_lib.write_info_file(url=prepare_cifar10.URL, path=cached, dataset_name="cifar10",
+                                 original_fname=prepare_cifar10.ARCHIVE, url_info=url_info)
+    prepare_cifar10.main(["--data_dir", str(data_dir)])
+    assert input_pipeline.dataset_info(config) == input_pipeline.DatasetInfo(
+        10, 20, NUM_TEST, (32, 32, 3))
+    train, test = input_pipeline._splits(config.data)  # Back in data_batch_1..5 order.
+    np.testing.assert_array_equal(train.images, mini["train_x"])
+    np.testing.assert_array_equal(train.labels, mini["train_y"])
+    images, labels = eval_arrays(config)
+    np.testing.assert_allclose(images, normalised(mini["test_x"]), atol=1e-5)
+    np.testing.assert_array_equal(labels, mini["test_y"])
+    archive = cifar_config(archive=mini["python"])
+    for a, b in zip(itertools.islice(input_pipeline.train_batches(config, local_batch_size=4), 6),
+                    itertools.islice(input_pipeline.train_batches(archive, local_batch_size=4), 6),
+                    strict=True):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])

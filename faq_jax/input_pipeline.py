@@ -132,16 +132,22 @@ def _splits(data: ml_collections.ConfigDict) -> tuple[Any, Any]:
     return _cached_splits(data.name, _expand(data.train_dir), _expand(data.eval_dir), **cifar)
 
 
-def _elements(split: Any, index: np.ndarray, seeds: np.ndarray | None = None) -> Any:
+def _elements(split: Any, index: np.ndarray, seeds: np.ndarray | None = None,
+              table: Any = None) -> Any:
     """tf.data dataset of (image, label[, seed]) for ``split[index]``: uint8 images of an
-    ArraySplit, file contents of a FileSplit."""
+    ArraySplit (gathered from ``table``, its images as one tensor, when given), file
+    contents of a FileSplit."""
     from faq_jax import preprocess
 
     tf = preprocess.tf
     extra = () if seeds is None else (seeds,)
     if isinstance(split, datasets_cifar.ArraySplit):
-        return tf.data.Dataset.from_tensor_slices((split.images[index], split.labels[index],
-                                                   *extra))
+        if table is None:
+            return tf.data.Dataset.from_tensor_slices(
+                (split.images[index], split.labels[index], *extra))
+        # Indices, not images: an epoch starts without copying the whole split.
+        ds = tf.data.Dataset.from_tensor_slices((index, split.labels[index], *extra))
+        return ds.map(lambda i, *rest: (tf.gather(table, i), *rest))
     ds = tf.data.Dataset.from_tensor_slices((split.paths[index], split.labels[index], *extra))
     return ds.map(lambda p, *rest: (tf.io.read_file(p), *rest))
 
@@ -321,6 +327,11 @@ def _tf_train(config, info, steps, local_batch, pi, pc, epoch, skip) -> Iterator
     _np_dtype(data)
     augment = _train_fn(data)
     size = data.image_size
+    table = None
+    if data.name != "imagenet2012":
+        split, _ = _splits(data)
+        if isinstance(split, datasets_cifar.ArraySplit):
+            table = tf.constant(split.images)  # Once: every epoch gathers from it.
 
     def example(image, label, seed):  # image: encoded bytes or uint8 [H, W, 3].
         image = tf.ensure_shape(augment(image, seed), [size, size, 3])
@@ -333,7 +344,6 @@ def _tf_train(config, info, steps, local_batch, pi, pc, epoch, skip) -> Iterator
             ds = ds.skip(first * local_batch)  # Before decoding: only records are read.
             paths = None
         else:
-            split, _ = _splits(data)
             indices, positions = _epoch_indices(
                 info.num_train, config.seed, e, steps(e), local_batch, pi, pc
             )
@@ -341,7 +351,7 @@ def _tf_train(config, info, steps, local_batch, pi, pc, epoch, skip) -> Iterator
             paths = getattr(split, "paths", None)  # For error messages; None for arrays.
             paths = None if paths is None else paths[indices]
             seeds = np.stack([np.full(positions.size, _seed(config.seed, e)), positions.ravel()], 1)
-            ds = _elements(split, indices.ravel(), seeds.astype(np.int64))
+            ds = _elements(split, indices.ravel(), seeds.astype(np.int64), table)
         ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE)
         ds = _finish(ds.batch(local_batch, drop_remainder=True), data)
         yield from _numpy(ds, None if paths is None else list(paths))

@@ -14,12 +14,13 @@ Then save the trained weights for FAQ runs (benchmarks/cifar10_repro.py does thi
 
 from faq_jax import config_defaults as common
 
-# ../shared/data/cifar10-jpeg.tar.gz beside the repository.
+# ../shared/data/cifar10-jpeg.tar.gz and cifar10-test-jpeg.tar.gz beside the repository.
 ARCHIVE = common.shared_cifar10_archive(__file__)
+TEST_ARCHIVE = common.shared_cifar10_test_archive(__file__)
 
 
 def get_config(arg=None):
-    c = common.cifar10_base(8, 8, ARCHIVE)
+    c = common.cifar10_base(8, 8, ARCHIVE, TEST_ARCHIVE)
     c.quant.enabled = False
     c.init = "random"
     c.stages = "pretrain,eval_fp32"

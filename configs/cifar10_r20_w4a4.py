@@ -14,12 +14,13 @@ from the 10-epoch 80.04 baseline): 71.26 before, 79.16 after fine-tuning.
 
 from faq_jax import config_defaults as common
 
-# ../shared/data/cifar10-jpeg.tar.gz beside the repository.
+# ../shared/data/cifar10-jpeg.tar.gz and cifar10-test-jpeg.tar.gz beside the repository.
 ARCHIVE = common.shared_cifar10_archive(__file__)
+TEST_ARCHIVE = common.shared_cifar10_test_archive(__file__)
 
 
 def get_config(arg=None):
-    c = common.cifar10_base(4, 4, ARCHIVE)
+    c = common.cifar10_base(4, 4, ARCHIVE, TEST_ARCHIVE)
     c.init = "pretrained"
     c.stages = "eval_fp32,calibrate,eval_quant,finetune"
     c.num_epochs = 30

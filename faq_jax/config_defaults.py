@@ -19,12 +19,18 @@ def data_config(name: str = "imagenet2012") -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         name=name,            # "imagenet2012" | "folder" | "cifar10" | "digits"
         data_dir="",          # TFDS data_dir ("" = TFDS default)
-        manual_dir="",        # imagenet2012: folder with ILSVRC2012_img_{train,val}.tar
+        manual_dir="",        # imagenet2012: folder with ILSVRC2012_img_{train,val}.tar;
+        #                       cifar10 (source="tfds"): folder with cifar-10-binary.tar.gz
         train_dir="",         # folder: root/<class>/<image> for training
         eval_dir="",          # folder: same layout for evaluation
-        archive="",           # cifar10: path to cifar10-jpeg.tar.gz
+        source="archive",     # cifar10: "archive" (data.archive) | "tfds" (prepared cifar10)
+        archive="",           # cifar10: cifar10-jpeg.tar.gz, cifar-10-python.tar.gz or
+        #                       cifar-10-binary.tar.gz (format detected by content)
+        test_archive="",      # cifar10, JPEG archive, eval_split="test": cifar10-test-jpeg.tar.gz
+        eval_split="val",     # cifar10: "val" (held out of train) | "test" (the 10,000
+        #                       test images; all 50,000 training images train)
         cache_dir="",         # where archives are extracted ("" = ~/.cache/faq_jax)
-        val_per_class=500,    # cifar10: last N images of each class = validation split
+        val_per_class=500,    # cifar10, eval_split="val": last N images of each class
         image_size=224,       # train crop / eval crop (inception_v3: 299)
         eval_resize=256,      # eval: shorter side resized to this, centre crop (inception: 342)
         augment="imagenet",   # "imagenet" (RandomResizedCrop+flip) | "cifar" | "none"
@@ -196,25 +202,38 @@ def with_arg(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.Co
     raise ValueError(f"unknown config argument {arg!r}; the only one is 'runlocal'")
 
 
+def _shared_data(beside: str, name: str) -> str:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(beside)))
+    return os.path.normpath(os.path.join(root, "..", "shared", "data", name))
+
+
 def shared_cifar10_archive(beside: str) -> str:
     """``../shared/data/cifar10-jpeg.tar.gz`` beside the repository that holds ``beside``.
 
     ``beside`` is a file one folder below the repository root (a config, test or benchmark:
     pass its ``__file__``).
     """
-    root = os.path.dirname(os.path.dirname(os.path.abspath(beside)))
-    return os.path.normpath(os.path.join(root, "..", "shared", "data", "cifar10-jpeg.tar.gz"))
+    return _shared_data(beside, "cifar10-jpeg.tar.gz")
 
 
-def cifar10_base(w_bits: int, a_bits: int, archive: str) -> ml_collections.ConfigDict:
+def shared_cifar10_test_archive(beside: str) -> str:
+    """``../shared/data/cifar10-test-jpeg.tar.gz`` (the 10,000 test images), as
+    :func:`shared_cifar10_archive`."""
+    return _shared_data(beside, "cifar10-test-jpeg.tar.gz")
+
+
+def cifar10_base(w_bits: int, a_bits: int, archive: str,
+                 test_archive: str = "") -> ml_collections.ConfigDict:
     """ResNet-20 on the CIFAR-10 JPEG archive: 32x32, pad-crop-flip, CIFAR mean/std.
 
     ``archive`` is the path of ``cifar10-jpeg.tar.gz`` (configs/cifar10_r20_*.py point it at
-    ``../shared/data`` beside the repository).
+    ``../shared/data`` beside the repository), ``test_archive`` that of
+    ``cifar10-test-jpeg.tar.gz``, read when ``data.eval_split="test"``.
     """
     c = get_base("resnet20", w_bits, a_bits, dataset="cifar10")
     c.num_classes = 10
     c.data.archive = archive
+    c.data.test_archive = test_archive
     c.data.image_size = 32
     c.data.eval_resize = 32
     c.data.augment = "cifar"

@@ -1,4 +1,4 @@
-"""Image-folder datasets (torchvision ``ImageFolder`` layout) and CIFAR-10 from its JPEG archive.
+"""Image-folder datasets (torchvision ``ImageFolder`` layout), archive extraction, held-out splits.
 
 Pure Python/NumPy file listing: no TensorFlow here. A dataset split is a :class:`FileSplit`
 (paths + labels in torchvision's order); :mod:`faq_jax.input_pipeline` turns it into batches.
@@ -10,13 +10,16 @@ import os
 import shutil
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
 # Formats tf.io.decode_image reads (torchvision also lists .ppm/.pgm/.tif, TF cannot decode).
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+
+T = TypeVar("T", bound=tuple)
 
 
 class FileSplit(NamedTuple):
@@ -95,23 +98,43 @@ def _bmp_bits(path: str) -> int:
     return int.from_bytes(header[28:30], "little")
 
 
-def split_last_per_class(split: FileSplit, n_per_class: int) -> tuple[FileSplit, FileSplit]:
-    """Holds out the last ``n_per_class`` files (sorted order) of every class.
+def last_per_class(labels: np.ndarray, classes: Sequence[str], n_per_class: int) -> np.ndarray:
+    """[N] bool, True on the last ``n_per_class`` examples (in ``labels``' order) of each class."""
+    held = np.zeros(len(labels), dtype=bool)
+    for label, name in enumerate(classes):
+        (idx,) = np.nonzero(labels == label)
+        if len(idx) <= n_per_class:
+            raise ValueError(
+                f"Class {name!r} has {len(idx)} images, not more than "
+                f"val_per_class={n_per_class}."
+            )
+        held[idx[len(idx) - n_per_class :]] = True
+    return held
+
+
+def take(split: T, mask: np.ndarray) -> T:
+    """The examples of ``split`` (any NamedTuple of per-example arrays) where ``mask``."""
+    return type(split)(*(f[mask] if isinstance(f, np.ndarray) else f for f in split))
+
+
+def split_last_per_class(split: T, n_per_class: int) -> tuple[T, T]:
+    """Holds out the last ``n_per_class`` examples (sorted order) of every class.
+
+    Args:
+      split: a :class:`FileSplit` or any NamedTuple with ``labels``, ``classes`` and
+        per-example arrays.
+      n_per_class: examples held out per class (> 0).
 
     Returns:
       ``(rest, held_out)``, both in the original order.
     """
-    held = np.zeros(len(split.labels), dtype=bool)
-    for label in range(len(split.classes)):
-        (idx,) = np.nonzero(split.labels == label)
-        if len(idx) <= n_per_class:
-            raise ValueError(
-                f"Class {split.classes[label]!r} has {len(idx)} images, not more than "
-                f"val_per_class={n_per_class}."
-            )
-        held[idx[len(idx) - n_per_class :]] = True
-    rest = FileSplit(split.paths[~held], split.labels[~held], split.classes)
-    return rest, FileSplit(split.paths[held], split.labels[held], split.classes)
+    if n_per_class < 1:
+        raise ValueError(
+            f"config.data.val_per_class={n_per_class} leaves no validation images: set it > 0, "
+            "or evaluate on the test set (config.data.eval_split='test')."
+        )
+    held = last_per_class(split.labels, split.classes, n_per_class)
+    return take(split, ~held), take(split, held)
 
 
 def default_cache_dir(cache_dir: str = "") -> str:
@@ -119,17 +142,17 @@ def default_cache_dir(cache_dir: str = "") -> str:
     return os.path.expanduser(cache_dir or os.path.join("~", ".cache", "faq_jax"))
 
 
-def extract_once(archive: str, cache_dir: str) -> str:
+def extract_once(archive: str, cache_dir: str, field: str = "config.data.archive") -> str:
     """Extracts a tar archive into ``cache_dir/<archive name>/`` once; returns that folder.
 
     Extraction goes to a temporary sibling folder which is renamed when complete, so an
     interrupted extraction is never mistaken for a finished one and concurrent processes
-    on one host are safe.
+    on one host are safe. ``field`` names the config field in error messages.
     """
     if not archive:
-        raise ValueError("config.data.archive is empty: set it to cifar10-jpeg.tar.gz's path.")
+        raise ValueError(f"{field} is empty: set it to the archive's path.")
     if not os.path.isfile(archive):
-        raise FileNotFoundError(f"Archive not found: {archive!r}.")
+        raise FileNotFoundError(f"{field}: archive not found: {archive!r}.")
     name = os.path.basename(archive)
     for suffix in (".tar.gz", ".tgz", ".tar"):
         if name.endswith(suffix):
@@ -142,8 +165,14 @@ def extract_once(archive: str, cache_dir: str) -> str:
     os.makedirs(cache_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=cache_dir)
     try:
-        with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(tmp, filter="data")
+        except (tarfile.TarError, EOFError, zlib.error) as e:
+            raise ValueError(
+                f"{field}: cannot extract {archive!r} ({type(e).__name__}: {e}); the file is "
+                "truncated or not a tar archive: download or copy it again."
+            ) from e
         try:
             os.rename(tmp, target)
         except OSError:  # Another process finished first.
@@ -153,16 +182,6 @@ def extract_once(archive: str, cache_dir: str) -> str:
         if os.path.isdir(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def cifar10_splits(archive: str, cache_dir: str, val_per_class: int) -> tuple[FileSplit, FileSplit]:
-    """CIFAR-10 from ``cifar10-jpeg.tar.gz`` (``train/<class>/NNNN.jpg``).
-
-    Returns:
-      ``(train, validation)``: validation = the last ``val_per_class`` images of each class.
-    """
-    root = os.path.join(extract_once(archive, cache_dir), "train")
-    return split_last_per_class(list_image_folder(root), val_per_class)
 
 
 def find_undecodable(paths: Sequence[str]) -> list[tuple[str, str]]:

@@ -3,16 +3,18 @@
 Datasets (``config.data.name``):
   * ``imagenet2012``: TFDS, built from the two ILSVRC2012 tars in ``manual_dir``;
   * ``folder``: torchvision ``ImageFolder`` layout (``train_dir``, ``eval_dir``);
-  * ``cifar10``: the CIFAR-10 JPEG archive, read as a folder (last ``val_per_class`` of
-    each class = validation);
+  * ``cifar10``: CIFAR-10 from ``archive`` (the JPEG archive, read as a folder, or the
+    official python/binary archive, read as uint8 arrays; detected by content) or from a
+    prepared TFDS ``cifar10`` (``source="tfds"``); evaluation on the last ``val_per_class``
+    training images of each class (``eval_split="val"``) or on the test set ("test");
   * ``digits``: scikit-learn's embedded 8x8 digits; pure NumPy, never imports TensorFlow.
 
 Order. The training order is a function of (seed, epoch, process_index) only, and every
 example's augmentation is drawn from a stateless seed keyed by its position in the epoch,
 so ``train_batches(start_step=s)`` yields exactly what an uninterrupted iterator yields
-from step ``s``. Folder and digits datasets use one permutation per epoch shared by all
-processes (global batch k = the same examples for any process_count), resumed by slicing
-an index array; TFDS reads this process's slice ``train[a:b]``, shuffles it with a seeded
+from step ``s``. Folder, CIFAR-10 and digits datasets use one permutation per epoch shared by
+all processes (global batch k = the same examples for any process_count), resumed by
+slicing an index array; TFDS reads this process's slice ``train[a:b]``, shuffles it with a seeded
 buffer and resumes with ``skip`` before any decoding.
 
 Evaluation is exact: process p reads examples ``[p*N//P, (p+1)*N//P)``; every process
@@ -32,7 +34,7 @@ from typing import Any, NamedTuple
 import ml_collections
 import numpy as np
 
-from faq_jax import datasets_digits, datasets_folder
+from faq_jax import datasets_cifar, datasets_digits, datasets_folder
 
 Batch = dict[str, np.ndarray]
 
@@ -85,6 +87,8 @@ def _check(data: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.data.name must be one of {_NAMES}, got {data.name!r}.")
     if data.augment not in _AUGMENTS:
         raise ValueError(f"config.data.augment must be one of {_AUGMENTS}, got {data.augment!r}.")
+    if data.name == "cifar10":
+        datasets_cifar.check_choices(data.source, data.eval_split)
     if data.name != "digits" and data.eval_resize < data.image_size:
         raise ValueError(
             f"config.data.eval_resize={data.eval_resize} < image_size={data.image_size}."
@@ -96,11 +100,9 @@ def _check(data: ml_collections.ConfigDict) -> None:
 
 
 @functools.lru_cache(maxsize=8)
-def _file_splits(
-    name: str, train_dir: str, eval_dir: str, archive: str, cache_dir: str, val_per_class: int
-) -> tuple[datasets_folder.FileSplit, datasets_folder.FileSplit]:
+def _cached_splits(name: str, train_dir: str, eval_dir: str, **cifar: Any) -> tuple[Any, Any]:
     if name == "cifar10":
-        return datasets_folder.cifar10_splits(archive, cache_dir, val_per_class)
+        return datasets_cifar.splits(**cifar)
     train = datasets_folder.list_image_folder(train_dir)
     if not eval_dir:
         raise ValueError("config.data.eval_dir is empty: set it to the evaluation folder.")
@@ -112,15 +114,42 @@ def _expand(path: str) -> str:
     return os.path.expanduser(path) if path else path
 
 
-def _folder(data: ml_collections.ConfigDict):
-    return _file_splits(
-        data.name,
-        _expand(data.train_dir),
-        _expand(data.eval_dir),
-        _expand(data.archive),
-        _expand(data.cache_dir),
-        data.val_per_class,
-    )
+def _splits(data: ml_collections.ConfigDict) -> tuple[Any, Any]:
+    """``(train, eval)`` of a folder or CIFAR-10: each a ``datasets_folder.FileSplit``
+    (image files) or a ``datasets_cifar.ArraySplit`` (uint8 images)."""
+    cifar = {}
+    if data.name == "cifar10":
+        cifar = dict(
+            source=data.source,
+            archive=_expand(data.archive),
+            test_archive=_expand(data.test_archive),
+            cache_dir=_expand(data.cache_dir),
+            data_dir=_expand(data.data_dir),
+            manual_dir=_expand(data.manual_dir),
+            val_per_class=data.val_per_class,
+            eval_split=data.eval_split,
+        )
+    return _cached_splits(data.name, _expand(data.train_dir), _expand(data.eval_dir), **cifar)
+
+
+def _elements(split: Any, index: np.ndarray, seeds: np.ndarray | None = None,
+              table: Any = None) -> Any:
+    """tf.data dataset of (image, label[, seed]) for ``split[index]``: uint8 images of an
+    ArraySplit (gathered from ``table``, its images as one tensor, when given), file
+    contents of a FileSplit."""
+    from faq_jax import preprocess
+
+    tf = preprocess.tf
+    extra = () if seeds is None else (seeds,)
+    if isinstance(split, datasets_cifar.ArraySplit):
+        if table is None:
+            return tf.data.Dataset.from_tensor_slices(
+                (split.images[index], split.labels[index], *extra))
+        # Indices, not images: an epoch starts without copying the whole split.
+        ds = tf.data.Dataset.from_tensor_slices((index, split.labels[index], *extra))
+        return ds.map(lambda i, *rest: (tf.gather(table, i), *rest))
+    ds = tf.data.Dataset.from_tensor_slices((split.paths[index], split.labels[index], *extra))
+    return ds.map(lambda p, *rest: (tf.io.read_file(p), *rest))
 
 
 @functools.lru_cache(maxsize=4)
@@ -149,7 +178,7 @@ def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
             splits["validation"].num_examples,
             (size, size, 3),
         )
-    train, evaluation = _folder(data)
+    train, evaluation = _splits(data)
     return DatasetInfo(
         len(train.classes), len(train.labels), len(evaluation.labels), (size, size, 3)
     )
@@ -298,9 +327,14 @@ def _tf_train(config, info, steps, local_batch, pi, pc, epoch, skip) -> Iterator
     _np_dtype(data)
     augment = _train_fn(data)
     size = data.image_size
+    table = None
+    if data.name != "imagenet2012":
+        split, _ = _splits(data)
+        if isinstance(split, datasets_cifar.ArraySplit):
+            table = tf.constant(split.images)  # Once: every epoch gathers from it.
 
-    def example(image_bytes, label, seed):
-        image = tf.ensure_shape(augment(image_bytes, seed), [size, size, 3])
+    def example(image, label, seed):  # image: encoded bytes or uint8 [H, W, 3].
+        image = tf.ensure_shape(augment(image, seed), [size, size, 3])
         return {"image": image, "label": tf.cast(label, tf.int32)}
 
     for e in itertools.count(epoch):
@@ -310,16 +344,14 @@ def _tf_train(config, info, steps, local_batch, pi, pc, epoch, skip) -> Iterator
             ds = ds.skip(first * local_batch)  # Before decoding: only records are read.
             paths = None
         else:
-            split, _ = _folder(data)
             indices, positions = _epoch_indices(
                 info.num_train, config.seed, e, steps(e), local_batch, pi, pc
             )
             indices, positions = indices[first:], positions[first:]
-            paths = split.paths[indices]
+            paths = getattr(split, "paths", None)  # For error messages; None for arrays.
+            paths = None if paths is None else paths[indices]
             seeds = np.stack([np.full(positions.size, _seed(config.seed, e)), positions.ravel()], 1)
-            ds = tf.data.Dataset.from_tensor_slices(
-                (paths.ravel(), split.labels[indices.ravel()], seeds.astype(np.int64))
-            ).map(lambda p, y, s: (tf.io.read_file(p), y, s))
+            ds = _elements(split, indices.ravel(), seeds.astype(np.int64), table)
         ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE)
         ds = _finish(ds.batch(local_batch, drop_remainder=True), data)
         yield from _numpy(ds, None if paths is None else list(paths))
@@ -416,8 +448,8 @@ def _tf_eval(config, info, start, end, pi, pc, local_batch) -> Iterator[Batch]:
     tf = preprocess.tf
     data = config.data
 
-    def example(image_bytes, label):
-        image = preprocess.eval_image(image_bytes, data.image_size, data.eval_resize)
+    def example(image, label):  # image: encoded bytes or uint8 [H, W, 3].
+        image = preprocess.eval_image(image, data.image_size, data.eval_resize)
         return {"image": image, "label": tf.cast(label, tf.int32)}
 
     if data.name == "imagenet2012":
@@ -432,12 +464,12 @@ def _tf_eval(config, info, start, end, pi, pc, local_batch) -> Iterator[Batch]:
         ds = ds.map(lambda ex: (ex["image"], ex["label"]))
         paths = None
     else:
-        _, split = _folder(data)
-        paths = split.paths[start:end]
-        ds = tf.data.Dataset.from_tensor_slices((paths, split.labels[start:end]))
-        ds = ds.map(lambda p, y: (tf.io.read_file(p), y))
-        # Batches of paths for error messages, aligned with the batches below.
-        paths = [paths[i : i + local_batch] for i in range(0, len(paths), local_batch)]
+        _, split = _splits(data)
+        ds = _elements(split, np.arange(start, end))
+        paths = getattr(split, "paths", None)
+        if paths is not None:  # Batches of paths for error messages, aligned with the batches.
+            paths = paths[start:end]
+            paths = [paths[i : i + local_batch] for i in range(0, len(paths), local_batch)]
     ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE).batch(local_batch)
     return _numpy(_finish(ds, data), paths)
 

@@ -95,13 +95,20 @@ def _decode_random_crop(image_bytes: tf.Tensor, uniforms: tf.Tensor) -> tf.Tenso
             image_bytes, window, channels=3, dct_method="INTEGER_ACCURATE"
         )
 
-    def other() -> tf.Tensor:
-        image = _decode_full(image_bytes)
-        shape = tf.shape(image)
-        top, left, h, w = tf.unstack(random_resized_crop_window(shape[0], shape[1], uniforms))
-        return image[top : top + h, left : left + w]
+    return tf.cond(tf.io.is_jpeg(image_bytes), jpeg,
+                   lambda: _random_crop(_decode_full(image_bytes), uniforms))
 
-    return tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
+
+def _random_crop(image: tf.Tensor, uniforms: tf.Tensor) -> tf.Tensor:
+    """The RandomResizedCrop window of a decoded uint8 [H, W, 3] image."""
+    shape = tf.shape(image)
+    top, left, h, w = tf.unstack(random_resized_crop_window(shape[0], shape[1], uniforms))
+    return image[top : top + h, left : left + w]
+
+
+def _decoded(image: tf.Tensor) -> tf.Tensor:
+    """uint8 [H, W, 3]: ``image`` itself if already decoded, else decoded from its bytes."""
+    return image if image.dtype == tf.uint8 else _decode_full(image)
 
 
 def normalize(image: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> tf.Tensor:
@@ -112,16 +119,19 @@ def normalize(image: tf.Tensor, mean: Sequence[float], std: Sequence[float]) -> 
     return tf.cast(image, tf.float32) * scale + offset
 
 
-def train_imagenet(image_bytes: tf.Tensor, seed: tf.Tensor, image_size: int) -> tf.Tensor:
+def train_imagenet(image: tf.Tensor, seed: tf.Tensor, image_size: int) -> tf.Tensor:
     """``RandomResizedCrop(image_size) + RandomHorizontalFlip``; float32 [S, S, 3] in [0, 255].
 
     Args:
-      image_bytes: encoded image (scalar string).
+      image: encoded image (scalar string) or decoded uint8 [H, W, 3].
       seed: int64 [2] stateless seed of this example.
       image_size: output side.
     """
     u = tf.random.stateless_uniform([2 * _TRIES + 3], seed=seed)
-    crop = _decode_random_crop(image_bytes, u[: 2 * _TRIES + 2])
+    if image.dtype == tf.uint8:
+        crop = _random_crop(image, u[: 2 * _TRIES + 2])
+    else:  # Decodes only the crop window of a JPEG.
+        crop = _decode_random_crop(image, u[: 2 * _TRIES + 2])
     # Flipping commutes with the (symmetric) resize and is cheaper on the uint8 crop.
     crop = tf.cond(u[-1] < 0.5, lambda: tf.reverse(crop, axis=[1]), lambda: crop)
     shape = tf.shape(crop)
@@ -135,10 +145,13 @@ def train_imagenet(image_bytes: tf.Tensor, seed: tf.Tensor, image_size: int) -> 
     )
 
 
-def train_cifar(image_bytes: tf.Tensor, seed: tf.Tensor, image_size: int) -> tf.Tensor:
-    """``RandomCrop(image_size, padding=4) + RandomHorizontalFlip`` (zero padding)."""
+def train_cifar(image: tf.Tensor, seed: tf.Tensor, image_size: int) -> tf.Tensor:
+    """``RandomCrop(image_size, padding=4) + RandomHorizontalFlip`` (zero padding).
+
+    ``image``: encoded (scalar string) or decoded uint8 [H, W, 3]; float32 result in [0, 255].
+    """
     u = tf.random.stateless_uniform([3], seed=seed)
-    image = _resize_if_needed(_decode_full(image_bytes), image_size)
+    image = _resize_if_needed(_decoded(image), image_size)
     padded = tf.pad(image, [[4, 4], [4, 4], [0, 0]])
     top = tf.cast(u[0] * 9.0, tf.int32)  # randint(0, 8) over the 8 extra rows.
     left = tf.cast(u[1] * 9.0, tf.int32)
@@ -210,7 +223,8 @@ def resize_center_crop(image: tf.Tensor, image_size: int, resize_size: int) -> t
     return tf.ensure_shape(crop, [image_size, image_size, 3])
 
 
-def eval_image(image_bytes: tf.Tensor, image_size: int, resize_size: int) -> tf.Tensor:
-    """Decode + ``Resize(resize_size) + CenterCrop(image_size)``; float32 in [0, 255]."""
-    image = resize_center_crop(_decode_full(image_bytes), image_size, resize_size)
+def eval_image(image: tf.Tensor, image_size: int, resize_size: int) -> tf.Tensor:
+    """Decode (unless uint8 already) + ``Resize(resize_size) + CenterCrop(image_size)``;
+    float32 in [0, 255]."""
+    image = resize_center_crop(_decoded(image), image_size, resize_size)
     return tf.cast(image, tf.float32)

@@ -31,7 +31,10 @@ def make_config(**data) -> ml_collections.ConfigDict:
         manual_dir="",
         train_dir="",
         eval_dir="",
+        source="archive",
         archive="",
+        test_archive="",
+        eval_split="val",
         cache_dir="",
         val_per_class=500,
         image_size=224,
@@ -240,7 +243,7 @@ def test_imagenet_missing_archives(tmp_path):
 def test_folder_classes_and_batches(folder_config):
     info = input_pipeline.dataset_info(folder_config)
     assert info == input_pipeline.DatasetInfo(3, 15, 7, (16, 16, 3))
-    train, _ = input_pipeline._folder(folder_config.data)
+    train, _ = input_pipeline._splits(folder_config.data)
     assert train.classes == ("cat", "dog", "fox")
     assert [os.path.basename(p) for p in train.paths[:5]] == [
         "000.jpeg",
@@ -316,7 +319,7 @@ def test_folder_corrupt_jpeg_names_file(folder_config, tmp_path):
     with pytest.raises(ValueError, match="Cannot decode image.*jpg"):
         list(itertools.islice(input_pipeline.train_batches(config, local_batch_size=2), 6))
     id_image(2).save(root / "a" / "2.jpg")  # Repaired: the truncated JPEG is next.
-    input_pipeline._file_splits.cache_clear()
+    input_pipeline._cached_splits.cache_clear()
     with pytest.raises(ValueError, match="Cannot decode image") as error:
         list(input_pipeline.eval_batches(config, local_batch_size=2))
     assert str(root / "b" / "1.jpg") in str(error.value)
@@ -346,7 +349,7 @@ def test_cifar10_from_archive():
     )
     info = input_pipeline.dataset_info(config)
     assert info == input_pipeline.DatasetInfo(10, 45_000, 5_000, (32, 32, 3))
-    _, evaluation = input_pipeline._folder(config.data)
+    _, evaluation = input_pipeline._splits(config.data)
     assert os.path.basename(evaluation.paths[0]) == "4500.jpg"  # Last 500 of 5000 per class.
     batch = next(input_pipeline.train_batches(config, local_batch_size=8))
     assert batch["image"].shape == (8, 32, 32, 3) and batch["image"].dtype.name == "bfloat16"

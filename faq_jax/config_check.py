@@ -29,6 +29,10 @@ def _check_optim(prefix: str, o: ml_collections.ConfigDict) -> None:
         _fail(f"{prefix}.lr", o.lr, "the learning rate must be positive")
     if o.schedule not in optim.SCHEDULES:
         _fail(f"{prefix}.schedule", o.schedule, f"must be one of {optim.SCHEDULES}")
+    if o.schedule in optim.PER_STEP and not 0 <= o.get("final_lr", 0.0) <= o.lr:
+        _fail(f"{prefix}.final_lr", o.get("final_lr"), "must lie in [0, lr]")
+    if o.schedule == "anneal" and not o.final_lr > 0:
+        _fail(f"{prefix}.final_lr", o.final_lr, "the 'anneal' schedule needs final_lr > 0")
     if not 0 < o.decay_rate <= 1:
         _fail(f"{prefix}.decay_rate", o.decay_rate, "must lie in (0, 1]")
     if not 0 <= o.momentum < 1:

@@ -46,8 +46,10 @@ def optim_config(lr: float, schedule: str = "constant", weight_decay: float = 1e
     """SGD with momentum and coupled weight decay; lr schedules by epoch."""
     return ml_collections.ConfigDict(dict(
         lr=lr,                  # 8-bit: 1e-4; 4-bit: 0.0015
-        schedule=schedule,      # "constant" | "exponential" | "step"
+        schedule=schedule,      # "constant" | "exponential" | "step" (per epoch);
+        #                         "anneal" | "cosine" (per optimizer step t of T)
         decay_rate=0.936,       # exponential: lr * decay_rate^epoch (4-bit: 0.0015 -> ~1e-6)
+        final_lr=1e-6,          # anneal: lr (final_lr/lr)^(t/T); cosine: down to final_lr
         step_epochs=(30, 60, 90),  # step: epochs where lr is multiplied by step_factor
         step_factor=0.1,
         momentum=0.9,

@@ -19,7 +19,9 @@ import optax
 if TYPE_CHECKING:  # configs are read by attribute only: the core runs without ml_collections
     import ml_collections
 
-SCHEDULES = ("constant", "exponential", "step")
+SCHEDULES = ("constant", "exponential", "step", "anneal", "cosine")
+# Schedules of the optimizer step t over the run's T steps (not constant within an epoch).
+PER_STEP = ("anneal", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,8 +103,27 @@ def lr_at_epoch(optim: ml_collections.ConfigDict, epoch: jax.Array) -> jax.Array
     raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {optim.schedule!r}")
 
 
+def lr_at_fraction(optim: ml_collections.ConfigDict, frac: jax.Array) -> jax.Array:
+    """Learning rate after the fraction ``frac = t / T`` of the run's optimizer steps.
+
+    ``anneal``: ``lr (final_lr / lr)^(t/T)``, FAQ's exponential decay compressed into T steps
+    (0.0015 -> 1e-6 whatever the epoch count); ``cosine``: ``final_lr + (lr - final_lr)
+    (1 + cos(pi t/T)) / 2``.
+    """
+    frac = jnp.clip(jnp.asarray(frac, jnp.float32), 0.0, 1.0)
+    if optim.schedule == "anneal":
+        return optim.lr * jnp.power(optim.final_lr / optim.lr, frac)
+    if optim.schedule == "cosine":
+        return optim.final_lr + (optim.lr - optim.final_lr) * 0.5 * (1 + jnp.cos(jnp.pi * frac))
+    raise ValueError(f"optim.schedule {optim.schedule!r} is not one of {PER_STEP}")
+
+
 def lr_schedule(optim: ml_collections.ConfigDict, batches: BatchSchedule) -> optax.Schedule:
-    """Step -> learning rate, constant within an epoch."""
+    """Step -> learning rate: per epoch (constant within one) or, for :data:`PER_STEP`
+    schedules, per step over the run's ``total_steps``."""
+    if optim.schedule in PER_STEP:
+        total = max(batches.total_steps(), 1)
+        return lambda step: lr_at_fraction(optim, jnp.asarray(step, jnp.float32) / total)
     starts = jnp.asarray(batches.epoch_starts()[:-1])
 
     def schedule(step: jax.Array) -> jax.Array:

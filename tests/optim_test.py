@@ -87,3 +87,22 @@ def test_sgd_matches_torch_semantics():
         buf = 0.9 * buf + (np.asarray(g) + 0.01 * ref)
         ref = ref - 0.1 * buf
     np.testing.assert_allclose(p["w"], ref, rtol=1e-6)
+
+
+def test_per_step_anneal_and_cosine_reach_their_final_lr_whatever_the_epochs():
+    """anneal: lr_t = 0.0015 (1e-6 / 0.0015)^(t/T); cosine from lr to final_lr; per step."""
+    for epochs in (3, 10):
+        c = config_defaults.paper_finetune("resnet18", 4)
+        c.num_epochs, c.optim.schedule, c.optim.final_lr = epochs, "anneal", 1e-6
+        b = _sched(c, 2560)  # 10 steps per epoch
+        T = b.total_steps()
+        lr = optim.lr_schedule(c.optim, b)
+        assert T == 10 * epochs
+        assert float(lr(0)) == pytest.approx(0.0015)
+        assert float(lr(T // 2)) == pytest.approx(np.sqrt(0.0015 * 1e-6), rel=1e-4)
+        assert float(lr(T)) == pytest.approx(1e-6, rel=1e-4)
+        assert float(lr(1)) < float(lr(0))  # decays inside the first epoch
+        c.optim.schedule, c.optim.lr, c.optim.final_lr = "cosine", 0.01, 0.0
+        lr = optim.lr_schedule(c.optim, b)
+        assert [float(lr(t)) for t in (0, T // 2, T)] == pytest.approx([0.01, 0.005, 0.0],
+                                                                     abs=1e-9)

@@ -1,0 +1,37 @@
+"""Paired comparison: the interval and McNemar's exact test on known answers."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from faq_jax import paired
+
+
+def test_mcnemar_matches_the_exact_binomial_test():
+    for b, c in ((10, 2), (0, 5), (7, 7), (30, 12), (0, 0)):
+        want = stats.binomtest(min(b, c), b + c, 0.5).pvalue if b + c else 1.0
+        assert paired.mcnemar_p(b, c) == pytest.approx(want, rel=1e-12)
+
+
+def test_compare_counts_discordant_pairs_and_the_paired_interval():
+    rng = np.random.default_rng(0)
+    base = rng.random(10_000) < 0.9
+    run = base.copy()
+    flip = rng.choice(10_000, 60, replace=False)
+    run[flip] = ~run[flip]
+    r = paired.compare(base, run)
+    d = run.astype(float) - base.astype(float)
+    assert (r["b"], r["c"]) == (int(np.sum(base & ~run)), int(np.sum(~base & run)))
+    assert r["diff"] == pytest.approx(100 * d.mean())
+    half = 1.959964 * d.std(ddof=1) / np.sqrt(d.size) * 100
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((r["diff"] - half, r["diff"] + half))
+    # The paired interval is far narrower than that of two independent accuracies.
+    indep = 1.96 * np.sqrt(2 * 0.9 * 0.1 / 10_000) * 100
+    assert r["ci_high"] - r["ci_low"] < indep
+    same = paired.compare(base, base)
+    assert same["diff"] == 0 and same["mcnemar_p"] == 1.0
+
+
+def test_compare_refuses_unpaired_input():
+    with pytest.raises(ValueError, match="equal-length"):
+        paired.compare(np.ones(3, bool), np.ones(4, bool))

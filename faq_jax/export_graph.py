@@ -1,10 +1,11 @@
 """The layer graph of a quantized Flax model, read from its jaxpr (for ``faq_jax.export``).
 
 While tracing, every quantized block (Conv, Dense, BatchNorm, ActQuant, InputQuant) and every
-pooling function of ``layers`` is replaced by one opaque primitive that carries its module
-path and static attributes; what remains between them in the jaxpr is residual adds,
-concatenations, transposes and reshapes. Operations before the input quantizer (Inception's
-``transform_input``) are float preprocessing and are left out of the graph.
+pooling or shortcut function of ``layers`` (``subsample_pad``: the option-A shortcut) is
+replaced by one opaque primitive that carries its module path and static attributes; what
+remains between them in the jaxpr is residual adds, concatenations, transposes and reshapes.
+Operations before the input quantizer (Inception's ``transform_input``) are float
+preprocessing and are left out of the graph.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ _op_p.def_abstract_eval(lambda *args, kind, attrs, shape, dtype: jax.core.Shaped
 _LEAVES = {layers.Conv: "conv", layers.Dense: "dense", layers.BatchNorm: "bn",
            layers.ActQuant: "requant", layers.InputQuant: "input"}
 _POOLS = ("max_pool", "avg_pool", "adaptive_avg_pool", "global_avg_pool")
+_FUNCTIONS = (*_POOLS, "subsample_pad")  # layers' functions traced as one graph op each
 
 
 def _bind(kind: str, attrs: tuple, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -54,9 +56,9 @@ def _interceptor(next_fun, args, kwargs, context):
 
 
 @contextlib.contextmanager
-def _opaque_pools():
-    """Routes ``layers``' pooling functions through graph ops while tracing."""
-    saved = {name: getattr(layers, name) for name in _POOLS}
+def _opaque_functions():
+    """Routes ``layers``' pooling and shortcut functions through graph ops while tracing."""
+    saved = {name: getattr(layers, name) for name in _FUNCTIONS}
 
     def wrap(name):
         sig = inspect.signature(saved[name])
@@ -71,7 +73,7 @@ def _opaque_pools():
         return pool
 
     try:
-        for name in _POOLS:
+        for name in _FUNCTIONS:
             setattr(layers, name, wrap(name))
         yield
     finally:
@@ -86,7 +88,7 @@ _CALLS = ("pjit", "jit", "closed_call", "core_call")
 def trace(model: nn.Module, variables: dict[str, Any], x: jax.ShapeDtypeStruct
                  ) -> list[dict[str, Any]]:
     """Graph nodes (id, op, inputs, attrs) of ``model`` in eval mode, in execution order."""
-    with _opaque_pools(), nn.intercept_methods(_interceptor):
+    with _opaque_functions(), nn.intercept_methods(_interceptor):
         closed = jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(variables, x)
     nodes: list[dict[str, Any]] = []
     env: dict[Any, int] = {}  # jaxpr var -> node id
@@ -114,7 +116,7 @@ def trace(model: nn.Module, variables: dict[str, Any], x: jax.ShapeDtypeStruct
                 elif ins[0] is None:
                     raise ExportError(f"{attrs.get('path', kind)}: its input does not come from "
                                       "the network's input quantizer")
-                elif kind in _POOLS:
+                elif kind in _FUNCTIONS:
                     out = add(kind, ins[:1], args=list(attrs.pop("args")), **attrs)
                 else:
                     out = add(kind, ins[:1], **attrs)

@@ -13,6 +13,8 @@ shift (``<< k`` or a floor division by ``2^k``), floor division and clip:
   ``A = 2, B = d 2^-k, D = d 2^(1-k)`` for ``k < 0``; then clip to the b-bit range. For
   d = 1 and k < 0 this is add-half-then-arithmetic-shift, ``(q + 2^(-k-1)) >> -k``.
 - residual add / concat: align to the smallest l (left shifts), then add / concatenate.
+- subsample_pad (the option-A shortcut): every s-th pixel of the codes, zero channels
+  before and after; l unchanged (exact: it moves codes and adds zeros).
 - max pool on the codes (padding never wins); average pool and global mean: the integer
   window sum with ``d`` = the window's element count (a power of two becomes ``l - log2 d``).
   The exact rounding rule is therefore round-half-up of the exact rational mean, which is what
@@ -158,6 +160,11 @@ def _max_pool(t: IntTensor, window: int, stride: int, padding: int) -> IntTensor
     return IntTensor(win.max(axis=(-2, -1)), t.l, t.d)
 
 
+def _subsample_pad(t: IntTensor, stride: int, before: int, after: int) -> IntTensor:
+    q = t.q[:, ::stride, ::stride, :]
+    return IntTensor(np.pad(q, ((0, 0), (0, 0), (0, 0), (before, after))), t.l)
+
+
 def _bcast_d(t: IntTensor) -> np.ndarray:
     return np.broadcast_to(np.asarray(t.d, I64), t.q.shape)
 
@@ -192,6 +199,8 @@ def run_node(node: dict[str, Any], ins: list[IntTensor], arrays: dict[str, np.nd
     if op == "concat":
         qs, lsb = _align([t.exact(where) for t in ins], where)
         return IntTensor(np.concatenate(qs, axis=node["axis"]), lsb)
+    if op == "subsample_pad":
+        return _subsample_pad(ins[0].exact(where), *node["args"])
     if op == "max_pool":
         return _max_pool(ins[0], *node["args"])
     if op == "avg_pool":

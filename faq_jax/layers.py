@@ -298,3 +298,13 @@ def adaptive_avg_pool(x: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
 def global_avg_pool(x: jax.Array) -> jax.Array:
     """Mean over H and W (torch's adaptive_avg_pool2d(1) + flatten)."""
     return jnp.mean(x, axis=(1, 2))
+
+
+def subsample_pad(x: jax.Array, stride: int, pad_before: int, pad_after: int) -> jax.Array:
+    """Every ``stride``-th pixel (``x[:, ::s, ::s, :]``), then zero channels before and after.
+
+    He et al.'s option-A shortcut (``stride=2``, ``planes // 4`` zero channels on each side):
+    no parameters, and exact on fixed-point tensors (it moves codes and adds zeros).
+    """
+    y = x[:, ::stride, ::stride, :]
+    return jnp.pad(y, ((0, 0), (0, 0), (0, 0), (pad_before, pad_after)))

@@ -6,8 +6,10 @@ bound (max input code x per-channel sum |w|) proves it fits, else int64: a folde
 BatchNorm followed by its quantizer becomes ``y = acc * (s A) + (t A + B)``, ``floor(y / D)``,
 clip, cast to uint8 (see ``int_executor.requantize`` for A, B, D). Max pooling casts the
 codes to float32 (8-bit codes) or float64 (wider, exact below 2^53) and back; average
-pools are int64 window sums of ``Slice``s. Input ``x_codes``: int8 NCHW; output ``logits``:
-int64 codes, real logits = codes * 2^logits_l (model metadata ``logits_l``).
+pools are int64 window sums of ``Slice``s; the option-A shortcut (``subsample_pad``) is a
+strided ``Slice`` and a zero channel ``Pad`` of the codes. Input ``x_codes``: int8 NCHW;
+output ``logits``: int64 codes, real logits = codes * 2^logits_l (model metadata
+``logits_l``).
 
 Float mode (``float_mode=True``): the same graph as an fp32 network (dequantized weights,
 float BatchNorm constants, ReLU without quantizers), the baseline for benchmarks.
@@ -224,6 +226,8 @@ def _int_node(w: _Writer, node: dict[str, Any], ins: list[_Val], arrays) -> _Val
                     bound=x.bound)
     if op == "avg_pool":
         return _avg_pool(w, node, w.materialize(ins[0]))
+    if op == "subsample_pad":
+        return _subsample_pad(w, node, w.materialize(ins[0]))
     if op == "global_avg_pool":
         x = w.materialize(ins[0])
         y = w.op("ReduceSum", [w.cast(x, I64), w.const(np.asarray([2, 3], I64))], keepdims=0)
@@ -259,6 +263,28 @@ def _window_sum(w: _Writer, x: str, hw, win: int, stride: int, pad: int) -> str:
     for p in parts[1:]:
         total = w.op("Add", [total, p])
     return total
+
+
+def _subsample_pad(w: _Writer, node, x: _Val) -> _Val:
+    """x[:, ::s, ::s, :] and zero channels before/after, in x's physical layout."""
+    stride, before, after = node["args"]
+    if np.any(np.asarray(x.d) != 1):
+        raise export_lib.ExportError(f"{node.get('path', 'subsample_pad')}: input is an "
+                                     "unrounded average; re-quantize it first")
+    h_ax, w_ax, c_ax = (2, 3, 1) if x.nchw else (1, 2, 3)
+    y = w.op("Slice", [x.name, w.const(np.asarray([0, 0], I64)),
+                       w.const(np.asarray(x.shape[:2], I64)),
+                       w.const(np.asarray([h_ax, w_ax], I64)),
+                       w.const(np.asarray([stride, stride], I64))])
+    pads = np.zeros(8, I64)
+    pads[c_ax], pads[4 + c_ax] = before, after
+    y = w.op("Pad", [y, w.const(pads)])  # constant mode, value 0
+    bound = x.bound
+    if bound is not None and np.ndim(bound) == 4 and np.shape(bound)[c_ax] > 1:
+        width = [(0, 0)] * 4
+        width[c_ax] = (before, after)
+        bound = np.pad(bound, width)  # the zero channels are bounded by 0
+    return _Val(y, x.dtype, x.l, 1, x.nchw, node["shape_out"], bound=bound)
 
 
 def _pool_args(node) -> tuple[int, int, int, bool]:
@@ -356,6 +382,8 @@ def _float_node(w: _Writer, node: dict[str, Any], ins: list[_Val], arrays) -> _V
         return _Val(y, f32, 0, 1, False, shape)
     if op == "adaptive_avg_pool" and tuple(node["args"][0]) == tuple(x.shape[:2]):
         return x
+    if op == "subsample_pad":
+        return _subsample_pad(w, node, x)
     if op in ("transpose", "reshape"):
         return _layout(w, node, x)
     raise export_lib.ExportError(f"ONNX float writer: unsupported op {op!r} at {path}")

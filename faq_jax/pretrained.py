@@ -3,12 +3,18 @@
 A converted checkpoint is a folder::
 
     DIR/manifest.json   {"format": "faq_jax.converted", "format_version": 1, "arch": ...,
-                         "num_classes": ..., "source": ..., ...}
+                         "num_classes": ..., "source": ...,
+                         "input_normalization": {"mean": [r, g, b], "std": [r, g, b]}, ...}
     DIR/variables/      the Flax variables {"params", "batch_stats"}, saved with orbax
 
 ``python -m weights_convert`` writes it with :func:`save`; training reads it with
-:func:`load`. Both live here so the format is defined in one place; this module needs no
-torch.
+:func:`load`, and :func:`input_normalization` says how the weights expect their input
+normalised (``(x - mean) / std`` on [0, 1] RGB). Both live here so the format is defined in
+one place; this module needs no torch.
+
+``input_normalization`` is optional (folders converted before it existed lack it): it is
+then ImageNet's for every arch but ``resnet20``, since torchvision's ImageNet weights were
+all those converters accepted.
 """
 
 from __future__ import annotations
@@ -29,6 +35,20 @@ FORMAT = "faq_jax.converted"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 VARIABLES = "variables"
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# No published weights: a user's own state dict, trained with whatever normalisation.
+_UNKNOWN_NORMALIZATION = ("resnet20",)
+
+Normalization = tuple[tuple[float, ...], tuple[float, ...]]
+
+
+def default_normalization(arch: str) -> Normalization | None:
+    """The input normalisation of ``arch``'s usual weights: ImageNet's (torchvision's
+    ImageNet weights; the community CIFAR ResNet checkpoints were trained with it too), or
+    None where unknown (``resnet20``)."""
+    return None if arch in _UNKNOWN_NORMALIZATION else (IMAGENET_MEAN, IMAGENET_STD)
 
 
 class CheckpointError(ValueError):
@@ -63,7 +83,56 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
         if field not in manifest:
             raise CheckpointError(f"not a faq_jax converted checkpoint: {str(mpath)!r} lacks "
                                   f"{field!r}")
+    norm = manifest.get("input_normalization")
+    if norm is not None:
+        try:
+            if not isinstance(norm, Mapping):
+                raise ValueError(f"expected {{'mean': [...], 'std': [...]}}, got {norm!r}")
+            check_normalization(norm.get("mean"), norm.get("std"))
+        except ValueError as e:
+            raise CheckpointError(f"{str(mpath)!r}: bad input_normalization: {e}") from None
     return manifest
+
+
+def check_normalization(mean: Any, std: Any) -> Normalization:
+    """(mean, std) as tuples of 3 floats, std > 0; ValueError otherwise."""
+    try:
+        m, s = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    except (TypeError, ValueError):
+        raise ValueError(f"mean and std must be 3 numbers each, got {mean!r}, {std!r}") from None
+    if len(m) != 3 or len(s) != 3 or not all(v > 0 for v in s):
+        raise ValueError(f"mean and std must be 3 numbers each (one per RGB channel), std > 0; "
+                         f"got mean={list(m)}, std={list(s)}")
+    return m, s
+
+
+def input_normalization(path: str | os.PathLike) -> Normalization | None:
+    """(mean, std) the converted weights at ``path`` expect: ``(x - mean) / std`` on [0, 1]
+    RGB, per channel. None when unknown: recorded as null (``resnet20``, which has no
+    published weights, converted without ``--mean``/``--std``), or a ``resnet20`` folder
+    converted before the field existed.
+
+    Use it to set ``config.data.mean`` / ``config.data.std`` of a run that starts from the
+    checkpoint (``config.init_checkpoint``)."""
+    manifest = read_manifest(path)
+    if "input_normalization" not in manifest:  # older converter: torchvision weights only
+        return default_normalization(manifest["arch"])
+    norm = manifest["input_normalization"]
+    return None if norm is None else check_normalization(norm["mean"], norm["std"])
+
+
+def normalization_mismatch(path: str | os.PathLike, mean: Any, std: Any) -> str | None:
+    """A message when the checkpoint at ``path`` records another input normalisation than
+    ``mean``/``std`` (a run's ``config.data``); None when they agree or it is unknown."""
+    norm = input_normalization(path)
+    if norm is None or np.allclose(np.asarray(norm, np.float64),
+                                   np.asarray((tuple(mean), tuple(std)), np.float64),
+                                   rtol=0, atol=5e-4):
+        return None
+    return (f"converted checkpoint {str(path)!r} expects inputs normalised with mean "
+            f"{list(norm[0])}, std {list(norm[1])}, but the data pipeline uses mean "
+            f"{list(mean)}, std {list(std)}: set --config.data.mean and --config.data.std "
+            "to the checkpoint's values (faq_jax.pretrained.input_normalization)")
 
 
 def load(path: str | os.PathLike, *, arch: str | None = None) -> dict[str, Any]:
@@ -125,6 +194,10 @@ def save(path: str | os.PathLike, variables: Mapping[str, Any], manifest: Mappin
     for field in ("arch", "num_classes"):
         if field not in manifest:
             raise ValueError(f"manifest needs {field!r}")
+    norm = manifest.get("input_normalization")
+    if norm is not None:
+        mean, std = check_normalization(norm["mean"], norm["std"])
+        manifest = {**manifest, "input_normalization": {"mean": list(mean), "std": list(std)}}
     if path.exists() and not overwrite and (not path.is_dir() or any(path.iterdir())):
         raise FileExistsError(f"{str(path)!r} exists and is not empty (pass --force / "
                               "overwrite=True to replace it)")

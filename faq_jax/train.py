@@ -74,6 +74,10 @@ def _initial_variables(config: ml_collections.ConfigDict, float_model, quant_mod
         from faq_jax import pretrained  # noqa: PLC0415 - only this path needs it
 
         loaded = pretrained.load(config.init_checkpoint, arch=config.arch)
+        mismatch = pretrained.normalization_mismatch(config.init_checkpoint, config.data.mean,
+                                                     config.data.std)
+        if mismatch:
+            logging.warning("%s", mismatch)
         variables = {"params": loaded["params"], "batch_stats": loaded.get("batch_stats", {})}
         shapes = jax.eval_shape(lambda: float_model.init(key, x))
         config_check.check_variables(variables, shapes, config.init_checkpoint)

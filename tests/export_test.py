@@ -1,8 +1,9 @@
 """The integer export is the simulated network: bit for bit against the float64 simulation.
 
-Small instances of every zoo family (ResNet basic/bottleneck, ResNet-20, VGG, DenseNet,
-Inception blocks) with random weights, random BN statistics and calibrated l's; the
-executor is instrumented so every intermediate is checked to be an integer tensor.
+Small instances of every zoo family (ResNet basic/bottleneck, ResNet-20 with option-B and
+option-A shortcuts, VGG, DenseNet, Inception blocks) with random weights, random BN
+statistics and calibrated l's; the executor is instrumented so every intermediate is checked
+to be an integer tensor.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ class MiniInception(nn.Module):
 
 def _small(family: str, policy: policy_lib.Policy) -> tuple[nn.Module, tuple[int, int, int]]:
     """A small instance of a zoo family's module classes, and its input shape."""
-    if family == "resnet20":
-        return models.create("resnet20", policy=policy, num_classes=10), (32, 32, 3)
+    if family in ("resnet20", "cifar_resnet20"):
+        return models.create(family, policy=policy, num_classes=10), (32, 32, 3)
     if family == "basic":
         m = resnet.ResNet(stage_sizes=(1, 1, 1, 1), num_classes=10)
     elif family == "bottleneck":
@@ -88,6 +89,7 @@ _slow = pytest.mark.slow
 
 @pytest.mark.parametrize("family,w,a", [
     ("resnet20", 4, 4), pytest.param("resnet20", 8, 8, marks=_slow),
+    ("cifar_resnet20", 4, 4), ("cifar_resnet20", 8, 8),
     pytest.param("basic", 4, 4, marks=_slow), pytest.param("vgg", 8, 8, marks=_slow),
     ("densenet", 4, 4), ("inception", 8, 8)])
 def test_bit_exact_against_float64_simulation(family, w, a, tmp_path):
@@ -110,6 +112,25 @@ def test_bit_exact_full_inception_v3(tmp_path):
     model = models.create("inception_v3", policy=policy_lib.W8A8, num_classes=10,
                           transform_input=False, aux_logits=False)
     _roundtrip_and_compare(model, (75, 75, 3), tmp_path, batch=1)
+
+
+def test_option_a_shortcut_is_one_graph_op(tmp_path):
+    """cifar_resnet20's two option-A shortcuts: strided slice + zero channels, exact codes."""
+    model, shape = _small("cifar_resnet20", policy_lib.W8A8)
+    net, _, codes, _, _ = _roundtrip_and_compare(model, shape, tmp_path, batch=1)
+    shortcuts = [n for n in net.nodes if n["op"] == "subsample_pad"]
+    assert [(n["args"], n["shape_out"]) for n in shortcuts] == [
+        ([2, 8, 8], [16, 16, 32]), ([2, 16, 16], [8, 8, 64])]
+    seen = {}
+    int_executor.run(net, codes, trace=lambda node, t: seen.__setitem__(node["id"], t))
+    for n in shortcuts:
+        src, out = seen[n["inputs"][0]], seen[n["id"]]
+        assert out.l == src.l and out.q.dtype == np.int64
+        c = src.q.shape[-1]
+        np.testing.assert_array_equal(out.q[..., c // 2:c // 2 + c], src.q[:, ::2, ::2, :])
+        assert not out.q[..., :c // 2].any() and not out.q[..., c // 2 + c:].any()
+        consumer = next(m for m in net.nodes if n["id"] in m["inputs"])
+        assert consumer["op"] == "add"  # the residual add aligns it with the BN output
 
 
 def test_file_holds_integer_constants(tmp_path):

@@ -1,4 +1,5 @@
-"""VGG-16-bn, DenseNet-161, Inception-v3: shapes, parameter counts, roles, quantizer sites.
+"""VGG-16-bn, DenseNet-161, Inception-v3 and the option-A CIFAR ResNets: shapes, parameter
+counts, roles, quantizer sites.
 
 Everything here is traced with ``jax.eval_shape`` (no compilation); numerical parity with
 torchvision is in convert_parity_zoo_test.py.
@@ -17,7 +18,12 @@ from faq_jax.policy import ROLES, W4A4
 # torchvision's own counts (sum of p.numel() for p in model.parameters()).
 PARAMS = {"vgg16_bn": 138_365_992, "densenet161": 28_681_000, "inception_v3": 27_161_264}
 INCEPTION_NO_AUX = 23_834_568
-ZOO = tuple(PARAMS)
+# He et al. 2016 section 4.2 (10 classes): 0.27M, 0.46M, 0.66M, 0.85M, 1.7M; the counts of
+# the PyTorch reference (weights_convert/cifar_resnet.py), checked in convert_cifar_test.py.
+CIFAR_PARAMS = {"cifar_resnet20": 269_722, "cifar_resnet32": 464_154,
+                "cifar_resnet44": 658_586, "cifar_resnet56": 853_018,
+                "cifar_resnet110": 1_727_962}
+ZOO = (*PARAMS, *CIFAR_PARAMS)
 
 
 def _init_shapes(module, size: int, batch: int = 1, **kw):
@@ -51,7 +57,12 @@ def quantized():
     return out
 
 
-@pytest.mark.parametrize("arch", ZOO)
+def test_every_arch_is_covered():
+    resnets = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet20"}
+    assert set(models.ARCHS) == resnets | set(ZOO)  # models_test.py covers the ResNets
+
+
+@pytest.mark.parametrize("arch", PARAMS)
 def test_param_count_and_logits_shape(arch):
     module = models.create(arch, num_classes=1000)
     size = models.spec(arch).min_size
@@ -63,6 +74,26 @@ def test_param_count_and_logits_shape(arch):
     small = models.create(arch, num_classes=10)
     assert jax.eval_shape(lambda v, x: small.apply(v, x), _init_shapes(small, size), x).shape \
         == (2, 10)
+
+
+@pytest.mark.parametrize("arch", CIFAR_PARAMS)
+def test_cifar_resnet_param_count_and_shapes(arch):
+    module = models.create(arch, num_classes=10)
+    n = int(arch.removeprefix("cifar_resnet"))
+    blocks = (n - 2) // 6
+    shapes = _init_shapes(module, 32, batch=2)
+    assert set(shapes) == {"params", "batch_stats"}
+    params = shapes["params"]
+    assert _count(params) == CIFAR_PARAMS[arch]
+    assert sorted(k for k in params if k.startswith("layer")) == sorted(
+        f"layer{s}_{i}" for s in (1, 2, 3) for i in range(blocks))
+    # Option A: no shortcut parameters anywhere; 16/32/64 channels; classifier "linear".
+    assert not [p for p in _paths(params, "kernel") if "downsample" in p]
+    assert params["layer2_0"]["conv1"]["kernel"].shape == (3, 3, 16, 32)
+    assert params["layer3_0"]["conv1"]["kernel"].shape == (3, 3, 32, 64)
+    assert params["linear"]["kernel"].shape == (64, 10) and "fc" not in params
+    x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+    assert jax.eval_shape(lambda v, x: module.apply(v, x), shapes, x).shape == (2, 10)
 
 
 def test_inception_outputs_and_aux_switch():
@@ -131,6 +162,9 @@ def _expected_act_sites(arch: str, params) -> set[str]:
     if arch == "densenet161":  # normX -> reluX; norm5 is followed by the top-level relu5
         relus = {re.sub(r"norm(\d?)$", r"relu\1", b) for b in bns if b != "features/norm5"}
         return relus | {"relu5", "classifier_input"}
+    if arch in CIFAR_PARAMS:  # bn1 -> act (stem), layerS_I/bnK -> layerS_I/actK
+        return {re.sub(r"bn(\d)$", r"act\1", b) if "/" in b else "act" for b in bns} | {
+            "linear_input"}
     relus = {b[: -len("bn")] + "act" for b in bns}  # inception: X/bn -> X/act
     mixed = ["Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
              "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c"]
@@ -145,8 +179,11 @@ def test_activation_quantizer_at_every_relu_and_requantizer(arch, quantized):
     _, shapes = quantized[arch]
     lsbs = _paths(shapes[layers.QUANT], "lsb")
     assert lsbs == _expected_act_sites(arch, shapes["params"])
-    # ReLUs + re-quantizers: VGG 15 + 0, DenseNet 161 + 1, Inception 96 + 22.
-    assert len(lsbs) == {"vgg16_bn": 15, "densenet161": 162, "inception_v3": 118}[arch]
+    # ReLUs + re-quantizers: VGG 15 + 0, DenseNet 161 + 1, Inception 96 + 22; a CIFAR
+    # ResNet-d: stem 1 + 2 per block ((d - 2) / 2 blocks) + linear_input 1 = d.
+    n_cifar = {a: int(a.removeprefix("cifar_resnet")) for a in CIFAR_PARAMS}
+    assert len(lsbs) == {"vgg16_bn": 15, "densenet161": 162, "inception_v3": 118,
+                         **n_cifar}[arch]
 
 
 

@@ -17,9 +17,10 @@ def _session(model_proto):
                                 providers=["CPUExecutionProvider"])
 
 
-@pytest.mark.parametrize("w,a", [(4, 4), (8, 8)])
-def test_onnx_integer_model_equals_executor(w, a):
-    model = models.create("resnet20", policy=policy_lib.paper_policy(w, a), num_classes=10)
+@pytest.mark.parametrize("arch,w,a", [("resnet20", 4, 4), ("resnet20", 8, 8),
+                                      ("cifar_resnet20", 4, 4), ("cifar_resnet20", 8, 8)])
+def test_onnx_integer_model_equals_executor(arch, w, a):
+    model = models.create(arch, policy=policy_lib.paper_policy(w, a), num_classes=10)
     net = export.export(model, export.random_variables(model, (32, 32, 3)),
                         input_shape=(32, 32, 3))
     codes = np.random.default_rng(0).integers(-127, 128, (3, 32, 32, 3)).astype(np.int8)
@@ -62,9 +63,10 @@ def test_onnx_other_families_equal_executor(family):
     np.testing.assert_array_equal(out[0], q)
 
 
-def test_onnx_model_passes_the_checker():
+@pytest.mark.parametrize("arch", ["resnet20", "cifar_resnet20"])
+def test_onnx_model_passes_the_checker(arch):
     onnx = pytest.importorskip("onnx")
-    model = models.create("resnet20", policy=policy_lib.W4A4, num_classes=10)
+    model = models.create(arch, policy=policy_lib.W4A4, num_classes=10)
     net = export.export(model, export.random_variables(model, (32, 32, 3)),
                         input_shape=(32, 32, 3))
     for float_mode in (False, True):

@@ -1,14 +1,19 @@
-"""``python -m weights_convert``: torchvision weights -> a faq_jax converted checkpoint.
+"""``python -m weights_convert``: torchvision weights (or a community CIFAR ResNet
+checkpoint) -> a faq_jax converted checkpoint.
 
 Examples::
 
     python -m weights_convert --arch resnet50 --weights IMAGENET1K_V1 --out ckpt/resnet50 --verify
     python -m weights_convert --arch resnet18 --state-dict resnet18.pth --out ckpt/r18 --verify
+    python -m weights_convert --arch cifar_resnet20 --state-dict resnet20-12fca82f.th \
+        --out ckpt/cifar_resnet20 --verify --verify-images cifar10-test-jpeg.tar.gz
 
-``--verify`` runs torch (eval mode) and the converted Flax model on the same seeded random
-batch and fails (nothing written) when the max relative logit error exceeds 1e-4. The
-output is written to a temporary folder beside ``--out`` and renamed at the end, so a
-failed run leaves no ``--out`` behind.
+``--verify`` runs the PyTorch network (eval mode) and the converted Flax model on the same
+inputs (``--verify-images``: real images, normalised as recorded; else a seeded random
+batch) and fails (nothing written) when the max relative logit error exceeds 1e-4 (1e-5 for
+the CIFAR ResNets). The manifest records the input normalisation the weights expect
+(``--mean``/``--std``; default ImageNet's). The output is written to a temporary folder
+beside ``--out`` and renamed at the end, so a failed run leaves no ``--out`` behind.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
+import io
 import os
 import sys
+import tarfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,10 +32,14 @@ from typing import Any
 import numpy as np
 
 from faq_jax import lazy_imports, models, pretrained
+from weights_convert import cifar_resnet
 from weights_convert import torchvision as tv_convert
 
 PARITY_TOL = 1e-4
+PARITY_TOL_CIFAR = 1e-5  # the CIFAR ResNets are small enough for a tighter check
 VERIFY_BATCH = 2
+VERIFY_IMAGES = 64  # --verify-images: this many images, spread evenly over the sorted list
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 class ConvertError(Exception):
@@ -45,11 +56,14 @@ def sha256(path: str | os.PathLike) -> str:
 
 
 def torch_reference(arch: str, num_classes: int, **kwargs: Any) -> Any:
-    """The torch model ``arch`` (random init): torchvision's, or a CIFAR ResNet-20.
+    """The torch model ``arch`` (random init): torchvision's, or a CIFAR ResNet.
 
-    ResNet-20 has no torchvision counterpart; it is built from torchvision's ResNet parts
-    (``BasicBlock``, 1x1 conv + BN shortcuts) with the same module names as faq_jax's.
+    ResNet-20 (option B) has no torchvision counterpart; it is built from torchvision's
+    ResNet parts (``BasicBlock``, 1x1 conv + BN shortcuts) with the same module names as
+    faq_jax's. The option-A ``cifar_resnet*`` are :func:`cifar_resnet.reference`.
     """
+    if cifar_resnet.is_cifar_resnet(arch):
+        return cifar_resnet.reference(arch, num_classes, **kwargs)
     torch = lazy_imports.torch()
     import torchvision
 
@@ -108,8 +122,9 @@ def _load_state_dict(path: str) -> tuple[dict[str, Any], str]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError ...
+        first = (str(e).strip().splitlines() or [""])[0]  # torch's messages run to pages
         raise ConvertError(f"cannot read state dict file {path!r} (truncated, corrupt, or not "
-                           f"a torch.save file): {type(e).__name__}: {e}") from e
+                           f"a torch.save file): {type(e).__name__}: {first}") from e
     return _unwrap(obj, f"file {path!r}"), sha256(path)
 
 
@@ -147,15 +162,21 @@ def _flax_kwargs(arch: str, torch_model: Any) -> dict[str, Any]:
             if hasattr(torch_model, k)}
 
 
-def parity_error(torch_model: Any, variables: Mapping[str, Any], arch: str,
-                 num_classes: int, *, size: int | None = None, seed: int = 0,
-                 **model_kwargs: Any) -> float:
-    """max|flax - torch| / max|torch| of eval-mode logits on a seeded random batch."""
+def logits_pair(torch_model: Any, variables: Mapping[str, Any], arch: str,
+                num_classes: int, *, size: int | None = None, seed: int = 0,
+                images: np.ndarray | None = None, **model_kwargs: Any
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(torch, flax) eval-mode logits on ``images`` (NHWC float32, normalised) or, if None,
+    on a seeded random batch of ``VERIFY_BATCH`` at ``size`` (default: the arch's)."""
     torch = lazy_imports.torch()
     import jax
 
-    size = size or models.spec(arch).image_size
-    x = torch.randn(VERIFY_BATCH, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    if images is None:
+        size = size or models.spec(arch).image_size
+        x = torch.randn(VERIFY_BATCH, 3, size, size,
+                        generator=torch.Generator().manual_seed(seed))
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2), np.float32))
     torch_model.eval()
     with torch.no_grad():
         ref = torch_model(x)
@@ -167,7 +188,75 @@ def parity_error(torch_model: Any, variables: Mapping[str, Any], arch: str,
     if spread < 1e-3:  # e.g. untrained weights whose features vanish: logits = fc bias
         print(f"warning: {arch}'s logits barely depend on the input (spread {spread:.2g}); "
               "the parity check says little about these weights", file=sys.stderr)
-    return float(np.max(np.abs(np.asarray(out) - ref)) / np.max(np.abs(ref)))
+    return ref, np.asarray(out)
+
+
+def rel_error(flax_logits: np.ndarray, torch_logits: np.ndarray) -> float:
+    """max|flax - torch| / max|torch|."""
+    return float(np.max(np.abs(flax_logits - torch_logits)) / np.max(np.abs(torch_logits)))
+
+
+def parity_error(torch_model: Any, variables: Mapping[str, Any], arch: str,
+                 num_classes: int, *, size: int | None = None, seed: int = 0,
+                 images: np.ndarray | None = None, **model_kwargs: Any) -> float:
+    """max|flax - torch| / max|torch| of eval-mode logits (see :func:`logits_pair`)."""
+    ref, out = logits_pair(torch_model, variables, arch, num_classes, size=size, seed=seed,
+                           images=images, **model_kwargs)
+    return rel_error(out, ref)
+
+
+def _image_files(path: str) -> list[tuple[str, Any]]:
+    """(name, opener) of every JPEG/PNG under a folder or in a .tar / .tar.gz, by name."""
+    if os.path.isdir(path):
+        found = sorted(os.path.join(d, f) for d, _, files in os.walk(path) for f in files
+                       if f.lower().endswith(IMAGE_SUFFIXES))
+        return [(f, lambda f=f: open(f, "rb")) for f in found]
+    if os.path.isfile(path) and tarfile.is_tarfile(path):
+        with tarfile.open(path) as tar:  # read whole: a stream cannot seek back
+            blobs = {m.name: tar.extractfile(m).read() for m in tar.getmembers()
+                     if m.isfile() and m.name.lower().endswith(IMAGE_SUFFIXES)}
+        return [(n, lambda b=blobs[n]: io.BytesIO(b)) for n in sorted(blobs)]
+    raise ConvertError(f"--verify-images {path!r}: not a folder or a .tar/.tar.gz archive "
+                       "of images")
+
+
+def load_images(path: str, count: int, size: int, mean: Sequence[float],
+                std: Sequence[float]) -> tuple[np.ndarray, list[str]]:
+    """``count`` images spread evenly over the sorted JPEG/PNG files of a folder or archive,
+    as NHWC float32 ``(x / 255 - mean) / std`` at ``size`` x ``size`` (PIL bilinear resize
+    when they differ; parity needs identical inputs, not the evaluation crop)."""
+    from PIL import Image  # noqa: PLC0415
+
+    files = _image_files(path)
+    if not files:
+        raise ConvertError(f"--verify-images {path!r}: no .jpg/.jpeg/.png files")
+    picks = sorted(set(np.linspace(0, len(files) - 1, min(count, len(files))).astype(int)))
+    images, names = [], []
+    for i in picks:
+        name, opener = files[i]
+        try:
+            with opener() as f, Image.open(f) as im:
+                im = im.convert("RGB")
+                if im.size != (size, size):
+                    im = im.resize((size, size), Image.BILINEAR)
+                images.append(np.asarray(im, np.float32) / 255.0)
+        except OSError as e:
+            raise ConvertError(f"--verify-images: cannot decode {name!r}: {e}") from e
+        names.append(name)
+    x = (np.stack(images) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return x.astype(np.float32), names
+
+
+def _normalization(args: argparse.Namespace) -> pretrained.Normalization | None:
+    """--mean/--std, else the arch's default (ImageNet's; None for resnet20)."""
+    if (args.mean is None) != (args.std is None):
+        raise ConvertError("--mean and --std go together (3 values each, RGB)")
+    if args.mean is None:
+        return pretrained.default_normalization(args.arch)
+    try:
+        return pretrained.check_normalization(args.mean, args.std)
+    except ValueError as e:
+        raise ConvertError(f"--mean/--std: {e}") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -179,7 +268,21 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--state-dict", help="a torch.save'd state dict (.pth), e.g. offline")
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     p.add_argument("--verify", action="store_true",
-                   help=f"check logits against torch; fail if relative error > {PARITY_TOL}")
+                   help=f"check logits against torch; fail if relative error > {PARITY_TOL} "
+                        f"({PARITY_TOL_CIFAR} for cifar_resnet*)")
+    p.add_argument("--verify-images", default=None, metavar="PATH",
+                   help="with --verify: compare on real images (a folder or .tar/.tar.gz of "
+                        "JPEG/PNG files, normalised with --mean/--std) instead of random "
+                        "inputs")
+    p.add_argument("--verify-count", type=int, default=VERIFY_IMAGES, metavar="N",
+                   help=f"images --verify-images uses, spread over the sorted files "
+                        f"(default {VERIFY_IMAGES})")
+    p.add_argument("--mean", type=float, nargs=3, default=None, metavar=("R", "G", "B"),
+                   help="input normalisation the weights were trained with, recorded in the "
+                        "manifest: (x - mean) / std on [0, 1] RGB (default: ImageNet's "
+                        f"{pretrained.IMAGENET_MEAN}; none for resnet20)")
+    p.add_argument("--std", type=float, nargs=3, default=None, metavar=("R", "G", "B"),
+                   help=f"see --mean (default: ImageNet's {pretrained.IMAGENET_STD})")
     p.add_argument("--num-classes", type=int, default=None,
                    help="classifier width (default: read off the weights)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
@@ -193,6 +296,10 @@ def run(args: argparse.Namespace) -> Path:
     out = Path(args.out).absolute()
     if out.exists() and not args.force and (not out.is_dir() or any(out.iterdir())):
         raise ConvertError(f"--out {str(out)!r} exists and is not empty (pass --force)")
+    if args.verify_images and not args.verify:
+        raise ConvertError("--verify-images needs --verify")
+    norm = _normalization(args)
+    cifar = cifar_resnet.is_cifar_resnet(args.arch)
     torch_model = None
     if args.weights:
         torch_model, digest = _download(args.arch, args.weights)
@@ -206,21 +313,39 @@ def run(args: argparse.Namespace) -> Path:
         kwargs = {"aux_logits": any(k.startswith("AuxLogits.") for k in state_dict),
                   "transform_input": True}
     try:
-        variables = tv_convert.convert(state_dict, args.arch, num_classes=args.num_classes,
-                                       **kwargs)
+        if cifar:  # the community checkpoints' format: one explicit key map
+            variables = cifar_resnet.convert(state_dict, args.arch,
+                                             num_classes=args.num_classes)
+        else:
+            variables = tv_convert.convert(state_dict, args.arch,
+                                           num_classes=args.num_classes, **kwargs)
     except ValueError as e:
         raise ConvertError(f"{args.state_dict or args.weights}: {e}") from e
     num_classes = int(args.num_classes or tv_convert.num_classes(variables, args.arch))
-    error = None
+    error = inputs = None
+    size = models.spec(args.arch).image_size
+    tol = PARITY_TOL_CIFAR if cifar else PARITY_TOL
     if args.verify:
+        images = None
+        inputs = f"{VERIFY_BATCH} seeded random inputs"
+        if args.verify_images:
+            if norm is None:
+                raise ConvertError(f"--verify-images: {args.arch} has no default input "
+                                   "normalisation; pass --mean and --std")
+            images, _ = load_images(args.verify_images, args.verify_count, size, *norm)
+            inputs = f"{len(images)} images from {os.path.abspath(args.verify_images)}"
         if torch_model is None:
             torch_model = torch_reference(args.arch, num_classes, **kwargs)
             torch_model.load_state_dict(state_dict)
-        error = parity_error(torch_model, variables, args.arch, num_classes, **kwargs)
-        print(f"{args.arch}: max relative logit error vs torch = {error:.3g}")
-        if not error <= PARITY_TOL:
+        ref, got = logits_pair(torch_model, variables, args.arch, num_classes, images=images,
+                               **kwargs)
+        error = rel_error(got, ref)
+        agree = int(np.sum(np.argmax(got, -1) == np.argmax(ref, -1)))
+        print(f"{args.arch}: max relative logit error vs torch = {error:.3g} on {inputs} "
+              f"(same top-1 on {agree}/{len(ref)})")
+        if not error <= tol:
             raise ConvertError(f"parity check failed: max relative logit error {error:.3g} > "
-                               f"{PARITY_TOL}; nothing written")
+                               f"{tol}; nothing written")
     torch = lazy_imports.torch()
     manifest = {
         "arch": args.arch,
@@ -228,10 +353,13 @@ def run(args: argparse.Namespace) -> Path:
         "model_kwargs": kwargs,
         "source": source,
         "source_sha256": digest,
+        "input_normalization": None if norm is None else {"mean": list(norm[0]),
+                                                           "std": list(norm[1])},
         "torchvision_version": torchvision.__version__,
         "torch_version": torch.__version__,
         "parity_max_rel_error": error,
-        "parity_image_size": models.spec(args.arch).image_size if args.verify else None,
+        "parity_image_size": size if args.verify else None,
+        "parity_inputs": inputs,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     return pretrained.save(out, variables, manifest, overwrite=args.force)

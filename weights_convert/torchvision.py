@@ -39,7 +39,7 @@ _BN_STATS = {"running_mean": "mean", "running_var": "var"}
 _SHOW = 5  # offending keys listed per kind in an error
 
 
-def _to_numpy(value: Any) -> np.ndarray:
+def to_numpy(value: Any) -> np.ndarray:
     """A float32 numpy copy of a torch tensor or array-like."""
     if hasattr(value, "detach"):  # torch.Tensor, without importing torch
         value = value.detach().cpu().float().numpy()
@@ -94,7 +94,7 @@ def flax_name(key: str, state_dict: Mapping[str, Any]) -> tuple[str, str] | None
     raise ValueError(f"state-dict key {key!r}: unknown parameter kind {leaf!r}")
 
 
-def _layout(name: str, array: np.ndarray) -> np.ndarray:
+def to_flax_layout(name: str, array: np.ndarray) -> np.ndarray:
     """torch layout -> Flax layout for a params/kernel leaf."""
     if not name.endswith("/kernel"):
         return array
@@ -103,7 +103,7 @@ def _layout(name: str, array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array.T)  # (out, in) -> (in, out)
 
 
-def _nest(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
+def nest(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for path, value in flat.items():
         *mods, leaf = path.split("/")
@@ -126,7 +126,7 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=16)
-def _expected(arch: str, num_classes: int, kwargs: tuple[tuple[str, Any], ...]
+def expected_shapes(arch: str, num_classes: int, kwargs: tuple[tuple[str, Any], ...]
               ) -> dict[str, tuple[int, ...]]:
     """{"collection/module/leaf": shape} of the float Flax model (traced, not computed)."""
     module = models.create(arch, num_classes=num_classes, **dict(kwargs))
@@ -194,12 +194,12 @@ def convert(state_dict: Mapping[str, Any], arch: str, *, num_classes: int | None
         path = "/".join(target)
         if path in flat:
             raise ValueError(f"torch keys {source[path]!r} and {key!r} both map to {path!r}")
-        flat[path] = _layout(path, _to_numpy(value))
+        flat[path] = to_flax_layout(path, to_numpy(value))
         source[path] = key
 
     if num_classes is None:
         num_classes = _classes_from(flat, arch, model_kwargs)
-    expected = _expected(arch, num_classes, tuple(sorted(model_kwargs.items())))
+    expected = expected_shapes(arch, num_classes, tuple(sorted(model_kwargs.items())))
     missing = sorted(set(expected) - set(flat))
     order = {k: i for i, k in enumerate(flat)}  # state-dict order reads best
     unexpected = sorted(set(flat) - set(expected), key=order.__getitem__)
@@ -219,5 +219,5 @@ def convert(state_dict: Mapping[str, Any], arch: str, *, num_classes: int | None
                 for k in mismatched]))
         lines.append(f"  is this really a {arch} checkpoint?")
         raise ValueError("\n".join(lines))
-    tree = _nest(flat)
+    tree = nest(flat)
     return {"params": tree.get("params", {}), "batch_stats": tree.get("batch_stats", {})}

@@ -1,4 +1,5 @@
-"""The model zoo: torchvision's networks in Flax, float and quantized from one definition.
+"""The model zoo: torchvision's networks (and CIFAR ResNets) in Flax, float and quantized
+from one definition.
 
 ``create(arch, policy=...)`` returns a Flax module whose submodule names follow
 torchvision's state-dict keys (a numeric index joins its parent with ``_``:
@@ -33,7 +34,13 @@ ARCHS: dict[str, ArchSpec] = {
     "resnet50": ArchSpec("resnet", "resnet50", 224, 32),
     "resnet101": ArchSpec("resnet", "resnet101", 224, 32),
     "resnet152": ArchSpec("resnet", "resnet152", 224, 32),
-    "resnet20": ArchSpec("resnet_cifar", "resnet20", 32, 8),
+    "resnet20": ArchSpec("resnet_cifar", "resnet20", 32, 8),  # option B (1x1 conv + BN)
+    # He et al. 2016's CIFAR ResNets, option-A shortcuts (community checkpoints convert).
+    "cifar_resnet20": ArchSpec("resnet_cifar", "cifar_resnet20", 32, 8),
+    "cifar_resnet32": ArchSpec("resnet_cifar", "cifar_resnet32", 32, 8),
+    "cifar_resnet44": ArchSpec("resnet_cifar", "cifar_resnet44", 32, 8),
+    "cifar_resnet56": ArchSpec("resnet_cifar", "cifar_resnet56", 32, 8),
+    "cifar_resnet110": ArchSpec("resnet_cifar", "cifar_resnet110", 32, 8),
     "vgg16_bn": ArchSpec("vgg", "vgg16_bn", 224, 32),
     "densenet161": ArchSpec("densenet", "densenet161", 224, 32),
     "inception_v3": ArchSpec("inception", "inception_v3", 299, 75),

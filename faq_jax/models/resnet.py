@@ -48,13 +48,18 @@ torch_linear_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in",
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convs; stride on the first; ReLU after the residual add (``act2``)."""
+    """Two 3x3 convs; stride on the first; ReLU after the residual add (``act2``).
+
+    ``shortcut`` says what ``downsample`` means: "B" (torchvision's 1x1 conv + BN) or "A"
+    (He et al.'s parameter-free subsampling + zero channels, :func:`layers.subsample_pad`).
+    """
 
     planes: int
     stride: int = 1
     downsample: bool = False
     policy: Policy | None = None
     dtype: Any = None
+    shortcut: str = "B"
 
     expansion = 1
 
@@ -102,9 +107,20 @@ class Bottleneck(nn.Module):
 
 
 def _shortcut(block: nn.Module, x: jax.Array, features: int, train: bool) -> jax.Array:
-    """The identity, or torchvision's downsample (1x1 strided conv + BN) when shapes change."""
+    """The identity, or, when shapes change, torchvision's downsample (1x1 strided conv + BN;
+    option B) or the parameter-free option A (every stride-th pixel, zero channels padded
+    evenly on both sides)."""
     if not block.downsample:
         return x
+    kind = getattr(block, "shortcut", "B")
+    if kind not in ("A", "B"):
+        raise ValueError(f"{'/'.join(block.path)}: shortcut must be 'A' or 'B', got {kind!r}")
+    if kind == "A":
+        extra = features - x.shape[-1]
+        if extra < 0 or extra % 2:
+            raise ValueError(f"{'/'.join(block.path)}: an option-A shortcut pads channels "
+                             f"evenly; {x.shape[-1]} -> {features} cannot")
+        return layers.subsample_pad(x, block.stride, extra // 2, extra // 2)
     s = (block.stride, block.stride)
     y = layers.Conv(features, (1, 1), s, policy=block.policy, dtype=block.dtype,
                     name="downsample_0")(x)

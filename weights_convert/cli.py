@@ -39,6 +39,7 @@ PARITY_TOL = 1e-4
 PARITY_TOL_CIFAR = 1e-5  # the CIFAR ResNets are small enough for a tighter check
 VERIFY_BATCH = 2
 VERIFY_IMAGES = 64  # --verify-images: this many images, spread evenly over the sorted list
+VERIFY_CHUNK = 500  # images per forward pass while verifying
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
@@ -178,31 +179,26 @@ def logits_pair(torch_model: Any, variables: Mapping[str, Any], arch: str,
     else:
         x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2), np.float32))
     torch_model.eval()
-    with torch.no_grad():
-        ref = torch_model(x)
-    ref = (ref[0] if isinstance(ref, tuple) else ref).numpy()
     module = models.create(arch, num_classes=num_classes, **model_kwargs)
-    out = jax.jit(lambda v, x: module.apply(v, x, train=False))(
-        variables, x.numpy().transpose(0, 2, 3, 1))
+    apply = jax.jit(lambda v, x: module.apply(v, x, train=False))
+    refs, outs = [], []
+    for i in range(0, len(x), VERIFY_CHUNK):  # bounded memory for many images
+        with torch.no_grad():
+            r = torch_model(x[i:i + VERIFY_CHUNK])
+        refs.append((r[0] if isinstance(r, tuple) else r).numpy())
+        outs.append(np.asarray(apply(variables, x[i:i + VERIFY_CHUNK].numpy().transpose(
+            0, 2, 3, 1))))
+    ref, out = np.concatenate(refs), np.concatenate(outs)
     spread = np.max(np.abs(ref - ref.mean(0))) / np.max(np.abs(ref))
     if spread < 1e-3:  # e.g. untrained weights whose features vanish: logits = fc bias
         print(f"warning: {arch}'s logits barely depend on the input (spread {spread:.2g}); "
               "the parity check says little about these weights", file=sys.stderr)
-    return ref, np.asarray(out)
+    return ref, out
 
 
 def rel_error(flax_logits: np.ndarray, torch_logits: np.ndarray) -> float:
     """max|flax - torch| / max|torch|."""
     return float(np.max(np.abs(flax_logits - torch_logits)) / np.max(np.abs(torch_logits)))
-
-
-def parity_error(torch_model: Any, variables: Mapping[str, Any], arch: str,
-                 num_classes: int, *, size: int | None = None, seed: int = 0,
-                 images: np.ndarray | None = None, **model_kwargs: Any) -> float:
-    """max|flax - torch| / max|torch| of eval-mode logits (see :func:`logits_pair`)."""
-    ref, out = logits_pair(torch_model, variables, arch, num_classes, size=size, seed=seed,
-                           images=images, **model_kwargs)
-    return rel_error(out, ref)
 
 
 def _image_files(path: str) -> list[tuple[str, Any]]:

@@ -245,7 +245,8 @@ def convert(net: str, wd: pathlib.Path) -> str:
     return str(out)
 
 
-def run_one(net: str, name: str, wd: pathlib.Path, weights: str, norm) -> dict[str, Any]:
+def run_one(net: str, name: str, wd: pathlib.Path, weights: str, norm, max_steps: int = -1,
+            ) -> dict[str, Any]:
     """Runs (or resumes) ``name``; returns its record (summary, predictions file, times)."""
     import jax
 
@@ -257,6 +258,8 @@ def run_one(net: str, name: str, wd: pathlib.Path, weights: str, norm) -> dict[s
         return json.loads(record_path.read_text())
     adapted = str(wd / "fp32_adapted_weights")
     c = run_config(net, name, weights, adapted, norm)
+    if max_steps > 0:
+        c.max_steps = min(max_steps, c.max_steps) if c.max_steps > 0 else max_steps
     with CpuClock(rdir / "cpu_time.json") as clock:
         result = train.train_and_evaluate(c, str(rdir / "run"))
         variables = jax.device_get(result.pop("variables"))
@@ -301,7 +304,7 @@ def report(net: str, wd: pathlib.Path) -> str:
         if base_ok is not None and f.exists() and name != "fp32_adapted":
             p = np.load(f)
             cmp = paired.compare(base_ok["pred"] == base_ok["label"], p["pred"] == p["label"])
-            lines.append(paired.format_row(name, cmp)[:-1] + f" {cpu} |")
+            lines.append(paired.format_row(name, cmp) + f" {cpu} |")
         elif "top1" in r:
             lines.append(f"| {name} | {r['top1']:.2f} | | | | | {cpu} |")
     extra = []
@@ -327,6 +330,9 @@ def main() -> None:
     ap.add_argument("--workdir", default="~/.cache/faq_jax/study")
     ap.add_argument("--runs", default="", help="comma list (default: all of this network's)")
     ap.add_argument("--report", action="store_true", help="print the table, run nothing")
+    ap.add_argument("--max_steps", type=int, default=-1,
+                    help="smoke test: cap every training stage at this many steps (use "
+                         "another --workdir; the numbers mean nothing)")
     args = ap.parse_args()
     wd = pathlib.Path(os.path.expanduser(args.workdir)).absolute() / args.net
     wanted = [r for r in args.runs.split(",") if r] or list(runs_of(args.net))
@@ -343,8 +349,8 @@ def main() -> None:
             if name in wanted:
                 if name != "fp32_adapted" and not name.startswith("fp32") and \
                         not (wd / "fp32_adapted_weights").exists():
-                    run_one(args.net, "fp32_adapted", wd, weights, norm)
-                run_one(args.net, name, wd, weights, norm)
+                    run_one(args.net, "fp32_adapted", wd, weights, norm, args.max_steps)
+                run_one(args.net, name, wd, weights, norm, args.max_steps)
     print(report(args.net, wd))
 
 

@@ -1,0 +1,65 @@
+"""LSQ's quantizer and gradients (arXiv 1902.08153, section 2) on hand-computed cases."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from faq_jax import lsq
+
+
+def test_forward_is_step_times_clipped_rounded_codes():
+    v = jnp.array([0.3, -1.7, 5.0, 0.25, -0.75])
+    got = lsq.quantize(v, 0.5, bits=2, signed=True)  # codes in [-2, 1]
+    np.testing.assert_allclose(got, [0.5, -1.0, 0.5, 0.5, -0.5])  # 0.5 and -1.5 tie half up
+    u = lsq.quantize(jnp.array([-1.0, 0.2, 9.0]), 1.0, bits=3, signed=False)  # [0, 7]
+    np.testing.assert_allclose(u, [0.0, 0.0, 7.0])
+
+
+def test_step_gradient_matches_the_paper_by_hand():
+    """∂v̂/∂s: round(v/s) - v/s inside, -Q_N below, Q_P above; times g = 1/sqrt(N Q_P)."""
+    v = jnp.array([0.3, -1.7, 5.0])  # v/s = 0.6 (inside), -3.4 (below -2), 10 (above 1)
+    s = jnp.asarray(0.5)
+    dv, ds = jax.grad(lambda v, s: jnp.sum(lsq.quantize(v, s, bits=2, signed=True)),
+                      argnums=(0, 1))(v, s)
+    g = 1.0 / math.sqrt(3 * 1)
+    assert float(ds) == pytest.approx(((1 - 0.6) + (-2) + 1) * g, rel=1e-6)
+    np.testing.assert_array_equal(dv, [1.0, 0.0, 0.0])  # straight through inside only
+
+
+def test_step_gradient_agrees_with_finite_differences_between_code_changes():
+    """Away from rounding boundaries v̂ = s · r is linear in s with slope r (clipped values:
+    ±Q); LSQ's gradient adds -v/s inside, the term the STE gives for round(v/s)."""
+    rng = np.random.default_rng(0)
+    v = jnp.asarray(rng.normal(size=64) * 0.8, jnp.float32)
+    s, eps = 0.3, 1e-4
+    loss = lambda s: jnp.sum(lsq._lsq(v, s, 4, 3) * v)  # noqa: E731 - unscaled quantizer
+    fd = (loss(s + eps) - loss(s - eps)) / (2 * eps)
+    x = np.asarray(v) / s
+    r = np.clip(np.floor(np.clip(x, -4, 3) + 0.5), -4, 3)
+    assert float(fd) == pytest.approx(float(np.sum(r * np.asarray(v))), rel=1e-3)
+    lsq_grad = float(jax.grad(loss)(s))
+    inside = (x > -4) & (x < 3)
+    want = np.sum(np.asarray(v) * np.where(inside, r - x, r))
+    assert lsq_grad == pytest.approx(float(want), rel=1e-4)
+
+
+def test_init_step_and_gradient_scale():
+    v = jnp.array([1.0, -3.0, 2.0, 0.0])
+    assert float(lsq.init_step(v, 4, True)) == pytest.approx(2 * 1.5 / math.sqrt(7))
+    assert lsq.grad_scale(4, False, 100) == pytest.approx(1 / math.sqrt(100 * 15))
+    assert lsq.code_range(4, True) == (8, 7) and lsq.code_range(4, False) == (0, 15)
+
+
+def test_power_of_two_step_rounds_forward_and_passes_the_gradient_straight_through():
+    theta = jnp.asarray(-2.4)  # 2^-2.4 rounds to 2^-2
+    assert float(lsq.pow2_step(theta)) == 0.25
+    assert float(lsq.pow2_step(jnp.asarray(-2.6))) == 0.125
+    grad = jax.grad(lambda t: lsq.pow2_step(t))(theta)
+    assert float(grad) == pytest.approx(0.25 * math.log(2))  # d 2^t / dt at the rounded t
+    # Through the quantizer: every forward value is a code times a power of two.
+    out = lsq.quantize(jnp.array([0.3, 0.7, -0.9]), lsq.pow2_step(theta), bits=4, signed=True)
+    codes = np.asarray(out) / 0.25
+    np.testing.assert_array_equal(codes, np.round(codes))

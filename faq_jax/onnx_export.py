@@ -10,7 +10,9 @@ pools are int64 window sums of ``Slice``s. Input ``x_codes``: int8 NCHW; output 
 int64 codes, real logits = codes * 2^logits_l (model metadata ``logits_l``).
 
 Float mode (``float_mode=True``): the same graph as an fp32 network (dequantized weights,
-float BatchNorm constants, ReLU without quantizers), the baseline for benchmarks.
+biases and folded BatchNorm constants, ReLU without quantizers, no input quantizer), the
+baseline for benchmarks: the simulated network without its activation quantizers, up to
+float32 rounding (docs/export.md).
 """
 
 from __future__ import annotations

@@ -12,7 +12,9 @@ output ``logits``: int64 codes, real logits = codes * 2^logits_l (model metadata
 ``logits_l``).
 
 Float mode (``float_mode=True``): the same graph as an fp32 network (dequantized weights,
-float BatchNorm constants, ReLU without quantizers), the baseline for benchmarks.
+biases and folded BatchNorm constants, ReLU without quantizers, no input quantizer), the
+baseline for benchmarks: the simulated network without its activation quantizers, up to
+float32 rounding (docs/export.md).
 """
 
 from __future__ import annotations

@@ -29,8 +29,13 @@ def photo_jpeg(name: str) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("image_size,resize", [(224, 256), (299, 342)])
-def test_eval_matches_torchvision(image_size, resize):
+# Measured (Pillow JPEG quality 90, TF INTEGER_ACCURATE decode; README / docs/input_pipeline.md):
+# 256->224: identical 99.9367%, within 1/255 100%, mean |diff| 0.00064/255, max 1/255;
+# 342->299: identical 99.8625%, within 1/255 100%, mean |diff| 0.00138/255, max 1/255.
+# Asserted: every value within 1/255, and identical share / mean |diff| with a small margin.
+@pytest.mark.parametrize("image_size,resize,min_identical,max_mean", [
+    (224, 256, 0.999, 0.001), (299, 342, 0.998, 0.002)])
+def test_eval_matches_torchvision(image_size, resize, min_identical, max_mean):
     from faq_jax import preprocess
 
     tf = preprocess.tf
@@ -53,13 +58,15 @@ def test_eval_matches_torchvision(image_size, resize):
         assert ours.shape == expected.shape == (image_size, image_size, 3)
         diffs.append((np.abs(ours - expected) * np.array(STD) * 255).ravel())  # In 1/255 units.
     diff = np.concatenate(diffs)
-    within = float(np.mean(diff <= 1 + 1e-3))
+    within = float(np.mean(diff <= 1 + 1e-3))  # 1e-3: float32 noise of the normalisation
+    identical = float(np.mean(diff < 1e-3))
     print(
         f"eval {resize}->{image_size} vs torchvision on {len(PHOTOS)} photos: "
-        f"identical {np.mean(diff < 1e-3):.4%}, within 1/255 {within:.4%}, "
+        f"identical {identical:.4%}, within 1/255 {within:.4%}, "
         f"mean |diff| {diff.mean():.5f}/255, max {diff.max():.3f}/255"
     )
-    assert within >= 0.99 and diff.mean() < 0.25
+    assert within == 1.0 and diff.max() <= 1 + 1e-3
+    assert identical >= min_identical and diff.mean() <= max_mean
 
 
 def test_tensorflow_then_torchvision_does_not_crash():

@@ -33,7 +33,8 @@ their last checkpoint), so it can be stopped and restarted at will::
     python benchmarks/cifar10_pretrained.py --net resnet56 --workdir ~/.cache/faq_jax/study
 
 Results: ``<workdir>/<net>/results.json`` and the Markdown table printed at the end
-(``--report`` prints it without running anything). CPU time of every run is recorded (process
+(``--report`` prints it without running anything; ``--plots docs`` redraws Fig. 1 and
+Fig. 2 from the ResNet-20 runs). CPU time of every run is recorded (process
 CPU seconds, all threads, summed over restarts).
 """
 
@@ -324,12 +325,41 @@ def report(net: str, wd: pathlib.Path) -> str:
     return "\n".join(lines + [""] + extra)
 
 
+def plots(wd: pathlib.Path, docs: pathlib.Path) -> list[str]:
+    """Fig. 1 and Fig. 2 from the finished ResNet-20 runs: ``docs/grad_noise.png`` (per
+    layer at 8/4/2 bits, and the mean against the step), ``docs/weight_similarity.png``."""
+    from faq_jax import analysis
+
+    def summary(name):
+        f = wd / name / "record.json"
+        return json.loads(f.read_text())["summary"] if f.exists() else {}
+
+    written = []
+    noise = {f"W{b}A{b}": summary(f"noise_w{b}")["grad_noise"]["per_layer"] for b in (8, 4, 2)
+             if "grad_noise" in summary(f"noise_w{b}")}
+    if noise:
+        curves = {f"W{b}A{b}": {t[len("grad_noise/"):]: v for t, v in
+                                analysis.read_scalars(wd / f"noise_w{b}" / "run").items()
+                                if t.startswith("grad_noise/")}
+                  for b in (8, 4, 2) if f"W{b}A{b}" in noise}
+        analysis.plot_grad_noise(noise, docs / "grad_noise.png", curves=curves)
+        written.append(str(docs / "grad_noise.png"))
+    sims = {n: summary(n)["weight_cosine"] for n in ("w8a8", "w4a4", "w2a2", "w4a4_random")
+            if "weight_cosine" in summary(n)}
+    if sims:
+        analysis.plot_weight_similarity(sims, docs / "weight_similarity.png")
+        written.append(str(docs / "weight_similarity.png"))
+    return written
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--net", choices=sorted(CHECKPOINTS), required=True)
     ap.add_argument("--workdir", default="~/.cache/faq_jax/study")
     ap.add_argument("--runs", default="", help="comma list (default: all of this network's)")
     ap.add_argument("--report", action="store_true", help="print the table, run nothing")
+    ap.add_argument("--plots", default="", help="with ResNet-20: write the Fig. 1/Fig. 2 PNGs "
+                    "into this folder (e.g. docs)")
     ap.add_argument("--max_steps", type=int, default=-1,
                     help="smoke test: cap every training stage at this many steps (use "
                          "another --workdir; the numbers mean nothing)")
@@ -352,6 +382,9 @@ def main() -> None:
                     run_one(args.net, "fp32_adapted", wd, weights, norm, args.max_steps)
                 run_one(args.net, name, wd, weights, norm, args.max_steps)
     print(report(args.net, wd))
+    if args.plots:
+        for f in plots(wd, pathlib.Path(args.plots)):
+            print("wrote", f)
 
 
 if __name__ == "__main__":

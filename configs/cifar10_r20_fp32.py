@@ -3,12 +3,13 @@
 The starting point of the CIFAR-10 FAQ runs (FAQ.md section 8). Reference (PACT, test set):
 91.6 top-1 after a full schedule; our validation split is carved from the JPEG train set
 (last 500 images per class) and runs lower. Default: 64 epochs, lr 0.1 x0.1 at 32 and 48.
-Measured here with a 10-epoch version (lr steps at 5 and 7; benchmarks/cifar10_repro.py
---setting=cpu): 80.04 top-1 on the 5,000 validation images.
+A 10-epoch version (lr steps at 5 and 7) measured 80.04 top-1 on the 5,000 validation images.
+For FAQ on a converged network, start from the published CIFAR ResNets instead
+(benchmarks/cifar10_pretrained.py).
 
   python -m faq_jax.main --config=configs/cifar10_r20_fp32.py --workdir=~/faq/cifar10_r20_fp32
 
-Then save the trained weights for FAQ runs (benchmarks/cifar10_repro.py does this):
+Then save the trained weights for FAQ runs:
 ``faq_jax.pretrained.save(dir, {"params", "batch_stats"}, {"arch": "resnet20", ...})``.
 """
 

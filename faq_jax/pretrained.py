@@ -177,6 +177,22 @@ def _tree(tree: Any) -> Any:
     return tree
 
 
+def not_replaceable(path: str | os.PathLike) -> str | None:
+    """Why ``path`` may not be overwritten (None: it is a converted checkpoint and nothing
+    else: a valid manifest and the variables folder, no other file)."""
+    path = Path(path)
+    try:
+        read_manifest(path)
+    except CheckpointError as e:
+        return str(e)
+    others = sorted(p.name for p in path.iterdir() if p.name not in (MANIFEST, VARIABLES))
+    if others:
+        return f"it holds files the converter did not write: {others[:5]}"
+    if Path.cwd().resolve().is_relative_to(path.resolve()):
+        return "it is (or contains) the current directory"
+    return None
+
+
 def save(path: str | os.PathLike, variables: Mapping[str, Any], manifest: Mapping[str, Any],
          *, overwrite: bool = False) -> Path:
     """Writes a converted checkpoint atomically: a temp folder beside ``path``, then rename.
@@ -198,9 +214,15 @@ def save(path: str | os.PathLike, variables: Mapping[str, Any], manifest: Mappin
     if norm is not None:
         mean, std = check_normalization(norm["mean"], norm["std"])
         manifest = {**manifest, "input_normalization": {"mean": list(mean), "std": list(std)}}
-    if path.exists() and not overwrite and (not path.is_dir() or any(path.iterdir())):
-        raise FileExistsError(f"{str(path)!r} exists and is not empty (pass --force / "
-                              "overwrite=True to replace it)")
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if not overwrite:
+            raise FileExistsError(f"{str(path)!r} exists and is not empty (pass --force / "
+                                  "overwrite=True to replace a converted checkpoint there)")
+        why = not_replaceable(path)
+        if why:
+            raise FileExistsError(f"refusing to replace {str(path)!r}: {why}. --force / "
+                                  "overwrite=True only replaces a folder this converter wrote; "
+                                  "choose another output folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()

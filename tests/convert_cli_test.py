@@ -168,3 +168,34 @@ def test_pretrained_save_load_and_errors(tmp_path):
     with pytest.raises(ValueError, match="holds resnet18 weights but config.arch is vgg16_bn"):
         pretrained.load(out, arch="vgg16_bn")
     assert pretrained.read_manifest(out)["num_classes"] == 2
+
+
+def test_force_only_replaces_a_converted_checkpoint(cli, torch, tmp_path, capsys, monkeypatch):
+    """--force never deletes what the converter did not write: a foreign folder, the current
+    directory, or a converted checkpoint somebody put other files into."""
+    import torchvision
+
+    src = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), src)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for out in (tmp_path, "."):  # the folder holding the source; the current directory
+        monkeypatch.chdir(tmp_path)
+        assert cli.main(["--arch", "resnet18", "--state-dict", str(src), "--out", str(out),
+                         "--force"]) == 1
+        assert "only replaces a folder this converter wrote" in capsys.readouterr().err
+        assert sorted(p.name for p in tmp_path.iterdir()) == before
+    sibling = tmp_path / "ckpts"
+    (sibling / "other").mkdir(parents=True)
+    assert cli.main(["--arch", "resnet18", "--state-dict", str(src), "--out",
+                     str(sibling), "--force"]) == 1
+    assert (sibling / "other").is_dir()
+    capsys.readouterr()
+    conv = tmp_path / "conv"
+    assert cli.main(["--arch", "resnet18", "--state-dict", str(src), "--out", str(conv)]) == 0
+    (conv / "notes.txt").write_text("mine")
+    assert cli.main(["--arch", "resnet18", "--state-dict", str(src), "--out", str(conv),
+                     "--force"]) == 1
+    assert "did not write" in capsys.readouterr().err and (conv / "notes.txt").exists()
+    (conv / "notes.txt").unlink()
+    assert cli.main(["--arch", "resnet18", "--state-dict", str(src), "--out", str(conv),
+                     "--force"]) == 0

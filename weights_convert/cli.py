@@ -290,8 +290,14 @@ def run(args: argparse.Namespace) -> Path:
     import torchvision
 
     out = Path(args.out).absolute()
-    if out.exists() and not args.force and (not out.is_dir() or any(out.iterdir())):
-        raise ConvertError(f"--out {str(out)!r} exists and is not empty (pass --force)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not args.force:
+            raise ConvertError(f"--out {str(out)!r} exists and is not empty (pass --force to "
+                               "replace a converted checkpoint there)")
+        why = pretrained.not_replaceable(out)
+        if why:
+            raise ConvertError(f"--force refuses to replace {str(out)!r}: {why}. It only "
+                               "replaces a folder this converter wrote; choose a new --out")
     if args.verify_images and not args.verify:
         raise ConvertError("--verify-images needs --verify")
     norm = _normalization(args)

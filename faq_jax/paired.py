@@ -20,7 +20,7 @@ def mcnemar_p(b: int, c: int) -> float:
     n, k = b + c, min(b, c)
     if n == 0:
         return 1.0
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / (1 << n)  # exact ints, any n
     return min(1.0, 2.0 * tail)
 
 

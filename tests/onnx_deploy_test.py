@@ -51,14 +51,12 @@ def _compare(net, proto, codes):
 # W4A4 for the deep ImageNet-style blocks), max relative logit error 0.005-0.16 (W8A8) and
 # 0.01-0.57 (W4A4); every image whose executor top-2 margin exceeded twice the deviation
 # agreed.
-_SLOW = pytest.mark.slow
+# CI keeps the fast cases (the option-B and option-A ResNet-20 at both widths, and one
+# DenseNet block with its float pre-activation BatchNorm and concatenations); the other
+# families pass too but cost 30-190 s each to build and calibrate on 2 cores:
+# python benchmarks/deploy_agreement.py covers them on real images.
 _CASES = [("resnet20", 8), ("resnet20", 4), ("cifar_resnet20", 8), ("cifar_resnet20", 4),
-          ("densenet", 4), pytest.param("inception", 8, marks=_SLOW),
-          pytest.param("densenet", 8, marks=_SLOW), pytest.param("inception", 4, marks=_SLOW),
-          pytest.param("vgg", 8, marks=_SLOW), pytest.param("vgg", 4, marks=_SLOW),
-          pytest.param("basic", 8, marks=_SLOW), pytest.param("basic", 4, marks=_SLOW),
-          pytest.param("bottleneck", 8, marks=_SLOW),
-          pytest.param("bottleneck", 4, marks=_SLOW)]
+          ("densenet", 4)]
 
 
 @pytest.mark.parametrize("family,bits", _CASES)

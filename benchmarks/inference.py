@@ -1,11 +1,15 @@
 """Integer inference: onnxruntime speed of exported networks, and CIFAR-10 agreement.
 
-Speed (random weights, random BN statistics, l's calibrated on random data, 224x224):
+Speed (random weights, random BN statistics, l's calibrated on random data; ResNet-18/50 at
+224x224, the CIFAR ResNets at 32x32):
 
-  python benchmarks/inference.py speed --archs resnet18,resnet50 --bits 8
+  python benchmarks/inference.py speed            # on an idle machine
+  python benchmarks/inference.py speed --quick    # a quick check that it runs
 
-prints batch-1 latency and batch-32 throughput of the integer ONNX model (ConvInteger etc.)
-against the fp32 ONNX export of the same network, and their ratios.
+prints the machine (date, load average, lscpu model and SIMD flags) and the batch-1 latency
+and batch-32 throughput of three ONNX models of each network: the fp32 graph, the bit-exact
+integer model (``onnx_export``: ConvInteger etc.) and the int8 deployment model
+(``onnx_deploy``: QDQ, fused by onnxruntime into QLinearConv / QLinearAdd).
 
 Agreement on the CIFAR-10 validation split (last 500 images per class):
 
@@ -54,31 +58,75 @@ def _time(sess, feed, repeats: int) -> list[float]:
     return out
 
 
-def speed(archs: list[str], bits: int, size: int, threads: int, repeats: int) -> None:
-    """Latency (batch 1) and throughput (batch 32), integer vs fp32 ONNX."""
+def machine_info() -> list[str]:
+    """Date, load average, CPU model and SIMD flags, onnxruntime version (for the table)."""
+    import platform  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    import onnxruntime as ort  # noqa: PLC0415
+
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    except OSError:
+        lscpu = ""
+    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+    flags = fields.get("Flags", "").split()
+    simd = [f for f in flags if f.startswith(("avx512_vnni", "avx_vnni", "avx512f", "avx512bw",
+                                              "avx2", "amx"))]
+    return [f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}",
+            f"CPU: {fields.get('Model name', platform.processor()).strip()}, "
+            f"{os.cpu_count()} logical CPUs; lscpu flags: {' '.join(simd)}",
+            f"load average (1, 5, 15 min) before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}",
+            f"onnxruntime {ort.__version__}, CPUExecutionProvider, ORT_ENABLE_ALL"]
+
+
+SPEED_ARCHS = {"resnet18": 224, "resnet50": 224, "resnet20": 32, "cifar_resnet20": 32}
+
+
+def speed(archs: list[str], bits: int, threads: int, repeats: int, batch_repeats: int,
+          size: int | None = None) -> None:
+    """Batch-1 latency and batch-32 throughput of three ONNX models of each network: the fp32
+    graph, the bit-exact integer model (``onnx_export``) and the int8 deployment model
+    (``onnx_deploy``, QDQ fused into QLinearConv etc.)."""
+    from faq_jax import onnx_deploy  # noqa: PLC0415
+
     rng = np.random.default_rng(0)
     pol = policy_lib.paper_policy(bits, bits)
-    print("| network | model | batch-1 latency ms (median) | batch-32 images/s |")
-    print("|---|---|---|---|")
+    for line in machine_info():
+        print(f"- {line}")
+    print(f"- {threads} intra-op threads; median of {repeats} batch-1 runs and of "
+          f"{batch_repeats} batch-32 runs after one warm-up; random weights, random BN "
+          "statistics, l's calibrated on one N(0, 1) batch")
+    print()
+    print("| network | model | batch-1 latency ms (median) | batch-32 images/s | "
+          "throughput / fp32 |")
+    print("|---|---|---|---|---|")
+    kinds = {"fp32": "fp32 ONNX", "int": "bit-exact integer ONNX", "deploy": "int8 deployment"}
     for arch in archs:
-        model = models.create(arch, policy=pol)
-        variables = export.random_variables(model, (size, size, 3), batch=2, calib_batches=1)
-        net = export.export(model, variables, input_shape=(size, size, 3))
+        hw = size or SPEED_ARCHS.get(arch, 224)
+        classes = 10 if hw <= 64 else 1000
+        model = models.create(arch, policy=pol, num_classes=classes)
+        variables = export.random_variables(model, (hw, hw, 3), batch=2, calib_batches=1)
+        net = export.export(model, variables, input_shape=(hw, hw, 3))
+        protos = {"fp32": onnx_export.to_onnx(net, float_mode=True),
+                  "int": onnx_export.to_onnx(net), "deploy": onnx_deploy.to_onnx(net)}
         res = {}
-        for kind in ("int", "fp32"):
-            sess = _session(onnx_export.to_onnx(net, float_mode=kind == "fp32"), threads)
+        for kind, proto in protos.items():
+            sess = (onnx_deploy.session(proto, threads=threads) if kind == "deploy"
+                    else _session(proto, threads))
             name = sess.get_inputs()[0].name
             for batch in (1, 32):
-                codes = rng.integers(-127, 128, (batch, 3, size, size)).astype(np.int8)
-                x = codes if kind == "int" else np.ldexp(codes.astype(np.float32), -5)
-                times = _time(sess, {name: x}, repeats if batch == 1 else max(2, repeats // 5))
+                codes = rng.integers(-127, 128, (batch, 3, hw, hw)).astype(np.int8)
+                x = np.ldexp(codes.astype(np.float32), -5) if kind == "fp32" else codes
+                times = _time(sess, {name: x}, repeats if batch == 1 else batch_repeats)
                 res[kind, batch] = statistics.median(times)
-        for kind in ("int", "fp32"):
-            print(f"| {arch} W{bits}A{bits} | {kind} | {1e3 * res[kind, 1]:.1f} | "
-                  f"{32 / res[kind, 32]:.1f} |")
-        print(f"| {arch} | int/fp32 ratio | {res['int', 1] / res['fp32', 1]:.2f}x time | "
-              f"{res['fp32', 32] / res['int', 32]:.2f}x throughput |")
+            del sess
+        for kind in protos:
+            print(f"| {arch} W{bits}A{bits} {hw}x{hw} | {kinds[kind]} | "
+                  f"{1e3 * res[kind, 1]:.1f} | {32 / res[kind, 32]:.1f} | "
+                  f"{res['fp32', 32] / res[kind, 32]:.2f}x |")
         sys.stdout.flush()
+    print(f"\n- load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
 def _cifar_config():
@@ -153,18 +201,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("speed")
-    s.add_argument("--archs", default="resnet18,resnet50")
+    s.add_argument("--archs", default=",".join(SPEED_ARCHS))
     s.add_argument("--bits", type=int, default=8)
-    s.add_argument("--size", type=int, default=224)
+    s.add_argument("--size", type=int, default=None,
+                   help="input H = W for every arch (default: 224 ImageNet, 32 CIFAR)")
     s.add_argument("--threads", type=int, default=2)
-    s.add_argument("--repeats", type=int, default=20)
+    s.add_argument("--repeats", type=int, default=20, help="batch-1 runs")
+    s.add_argument("--batch_repeats", type=int, default=5, help="batch-32 runs")
+    s.add_argument("--quick", action="store_true",
+                   help="3 batch-1 runs and 1 batch-32 run (a check that it works)")
     a = sub.add_parser("agreement")
     a.add_argument("--ckpt", required=True)
     a.add_argument("--bits", type=int, default=8)
     a.add_argument("--max_images", type=int, default=5000)
     args = ap.parse_args()
     if args.cmd == "speed":
-        speed(args.archs.split(","), args.bits, args.size, args.threads, args.repeats)
+        repeats, batch_repeats = (3, 1) if args.quick else (args.repeats, args.batch_repeats)
+        speed(args.archs.split(","), args.bits, args.threads, repeats, batch_repeats, args.size)
     else:
         agreement(args.ckpt, args.bits, args.max_images)
 

@@ -198,11 +198,11 @@ def integer_check(net_name: str, model: Any, variables: dict[str, Any], images: 
     import jax
     import jax.numpy as jnp
 
-    from faq_jax import export, int_executor
+    from faq_jax import export
 
     net = export.export(model, variables, input_shape=images.shape[1:])
     export.save(net, str(out / "integer.npz"))
-    codes = int_executor.input_codes(net, images)
+    codes = export.input_codes(net, images)
     l_in = next(n for n in net.nodes if n["op"] == "input")["l"]
     with jax.enable_x64(True):
         v64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64)
@@ -214,16 +214,16 @@ def integer_check(net_name: str, model: Any, variables: dict[str, Any], images: 
             for i in range(0, len(codes), 500)])
     if net_name == "resnet20":
         runner = "NumPy integer executor"
-        got = np.concatenate([int_executor.run(net, codes[i:i + 250])[0].argmax(-1)
+        got = np.concatenate([export.run(net, codes[i:i + 250])[0].argmax(-1)
                               for i in range(0, len(codes), 250)])
     else:
         import onnxruntime as ort
 
-        from faq_jax import onnx_export
+        from faq_jax.export import onnx_writer
 
         runner = "integer ONNX model (onnxruntime)"
         path = out / "integer.onnx"
-        onnx_export.save(net, str(path))
+        onnx_writer.save(net, str(path))
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
         got = np.concatenate([sess.run(None, {name: codes[i:i + 250]})[0].argmax(-1)

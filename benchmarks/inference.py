@@ -30,8 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from faq_jax import export, int_executor, models, onnx_export
+from faq_jax import export, models
 from faq_jax import policy as policy_lib
+from faq_jax.export import onnx_writer
 
 
 def _session(proto, threads: int):
@@ -66,7 +67,7 @@ def speed(archs: list[str], bits: int, size: int, threads: int, repeats: int) ->
         net = export.export(model, variables, input_shape=(size, size, 3))
         res = {}
         for kind in ("int", "fp32"):
-            sess = _session(onnx_export.to_onnx(net, float_mode=kind == "fp32"), threads)
+            sess = _session(onnx_writer.to_onnx(net, float_mode=kind == "fp32"), threads)
             name = sess.get_inputs()[0].name
             for batch in (1, 32):
                 codes = rng.integers(-127, 128, (batch, 3, size, size)).astype(np.int8)
@@ -118,15 +119,15 @@ def agreement(ckpt: str, bits: int, max_images: int) -> None:
                                                  (b["image"] for b in batches))
         how = "calibrated here on 5 training batches"
     net = export.export(model, variables, input_shape=(32, 32, 3))
-    sess = _session(onnx_export.to_onnx(net), threads=2)
+    sess = _session(onnx_writer.to_onnx(net), threads=2)
     sim32 = jax.jit(lambda v, x: model.apply(v, x, train=False))
     n = agree_exec = agree_onnx = exact64 = onnx_exec = correct = 0
     t0 = time.time()
     for batch in input_pipeline.eval_batches(config, local_batch_size=500):
         keep = batch["mask"]
-        codes = int_executor.input_codes(net, batch["image"])[keep]
+        codes = export.input_codes(net, batch["image"])[keep]
         ref32 = np.asarray(sim32(variables, jnp.asarray(batch["image"][keep], jnp.float32)))
-        q, lsb = int_executor.run(net, codes)
+        q, lsb = export.run(net, codes)
         with jax.enable_x64(True):
             x64 = jnp.ldexp(jnp.asarray(codes, jnp.float64), net.nodes[0]["l"])
             ref64 = np.asarray(sim32(variables, x64))

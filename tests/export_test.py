@@ -14,8 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from faq_jax import export, int_executor, layers, models
+from faq_jax import export, layers, models
 from faq_jax import policy as policy_lib
+from faq_jax.export import cli as export_cli
+from faq_jax.export import executor
 from faq_jax.models import densenet, inception, resnet, vgg
 
 
@@ -57,7 +59,7 @@ def _small(family: str, policy: policy_lib.Policy) -> tuple[nn.Module, tuple[int
     return m.clone(policy=policy.with_roles(m.roles())), (32, 32, 3)
 
 
-def _check_integer(node, t: int_executor.IntTensor) -> None:
+def _check_integer(node, t: executor.IntTensor) -> None:
     assert t.q.dtype.kind in "iu", (node, t.q.dtype)
     assert np.asarray(t.d).dtype.kind in "iu", (node, np.asarray(t.d).dtype)
     assert isinstance(t.l, int)
@@ -77,8 +79,8 @@ def _roundtrip_and_compare(model, shape, tmp_path, batch: int = 2, seed: int = 0
     export.save(net, str(tmp_path / "net.npz"))
     net = export.load(str(tmp_path / "net.npz"))
     x = np.asarray(jax.random.normal(jax.random.key(seed + 7), (batch, *shape)))
-    codes = int_executor.input_codes(net, x)
-    q, lsb = int_executor.run(net, codes, trace=_check_integer)
+    codes = executor.input_codes(net, x)
+    q, lsb = executor.run(net, codes, trace=_check_integer)
     ref = _simulate_f64(model, variables, codes, net.nodes[0]["l"])
     np.testing.assert_array_equal(np.ldexp(q.astype(np.float64), lsb), ref)
     return net, variables, codes, q, lsb
@@ -122,7 +124,7 @@ def test_option_a_shortcut_is_one_graph_op(tmp_path):
     assert [(n["args"], n["shape_out"]) for n in shortcuts] == [
         ([2, 8, 8], [16, 16, 32]), ([2, 16, 16], [8, 8, 64])]
     seen = {}
-    int_executor.run(net, codes, trace=lambda node, t: seen.__setitem__(node["id"], t))
+    executor.run(net, codes, trace=lambda node, t: seen.__setitem__(node["id"], t))
     for n in shortcuts:
         src, out = seen[n["inputs"][0]], seen[n["id"]]
         assert out.l == src.l and out.q.dtype == np.int64
@@ -150,8 +152,8 @@ def test_file_holds_integer_constants(tmp_path):
 
 def test_requantize_is_add_half_then_shift():
     q = np.arange(-1000, 1000, dtype=np.int64)
-    t = int_executor.IntTensor(q, -8)
-    got = int_executor.requantize(t, 8, -4, signed=True, relu=False)
+    t = executor.IntTensor(q, -8)
+    got = executor.requantize(t, 8, -4, signed=True, relu=False)
     want = np.clip((q + 8) >> 4, -127, 127)
     np.testing.assert_array_equal(got, want)
     ref = np.clip(np.floor(q / 16 + 0.5), -127, 127)
@@ -164,7 +166,7 @@ def test_average_rounding_rule_matches_float_mean():
     for d in (9, 25, 49, 6):
         s = rng.integers(0, 255 * d, 200_000).astype(np.int64)
         for k in (-2, -1, 0, 1):
-            got = int_executor.requantize(int_executor.IntTensor(s, k, d), 16, 0, False, False)
+            got = executor.requantize(executor.IntTensor(s, k, d), 16, 0, False, False)
             mean32 = (np.ldexp(s.astype(np.float32), k) / np.float32(d)).astype(np.float32)
             ref32 = np.clip(np.floor(mean32 + np.float32(0.5)), 0, 2**16 - 1)
             ref64 = np.clip(np.floor(np.ldexp(s.astype(np.float64), k) / d + 0.5), 0, 2**16 - 1)
@@ -194,7 +196,7 @@ def test_cli_refuses_an_uncalibrated_workdir(tmp_path):
         rules=[])))
     (tmp_path / "summary.json").write_text(json.dumps({"fp32": {"top1": 90.0}}))
     with pytest.raises(export.ExportError, match="never calibrated"):
-        export.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "net.npz")])
+        export_cli.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "net.npz")])
 
 
 def test_wide_codes_keep_their_width(tmp_path):
@@ -227,8 +229,8 @@ def test_extreme_l_is_an_overflow_error_not_garbage():
     quant_vars["layer1_0"]["act1"]["lsb"] = jnp.asarray(-134.0)
     net = export.export(model, {**variables, "quant": quant_vars}, input_shape=shape)
     codes = np.ones((1, *shape), np.int8)
-    with pytest.raises(int_executor.IntegerOverflowError, match="layer1_0.*beyond int64"):
-        int_executor.run(net, codes)
+    with pytest.raises(executor.IntegerOverflowError, match="layer1_0.*beyond int64"):
+        executor.run(net, codes)
 
 
 class PoolCalls(nn.Module):

@@ -23,8 +23,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from faq_jax import export, int_executor, models, optim, pretrained, steps, train
+from faq_jax import export, models, optim, pretrained, steps, train
 from faq_jax import policy as policy_lib
+from faq_jax.export import cli as export_cli
 from faq_jax.models import resnet_cifar
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
@@ -34,8 +35,8 @@ def test_exported_network_v1_loads_and_runs_unchanged():
     net = export.load(str(FIXTURES / "intnet_v1.npz"))
     want = np.load(FIXTURES / "intnet_v1_expected.npz")
     assert net.graph["format"] == "faq_jax.intnet" and net.graph["version"] == 1
-    np.testing.assert_array_equal(int_executor.input_codes(net, want["x"]), want["x_codes"])
-    q, lsb = int_executor.run(net, want["x_codes"])
+    np.testing.assert_array_equal(export.input_codes(net, want["x"]), want["x_codes"])
+    q, lsb = export.run(net, want["x_codes"])
     np.testing.assert_array_equal(q, want["logits_q"])
     assert lsb == int(want["logits_l"])
 
@@ -43,11 +44,11 @@ def test_exported_network_v1_loads_and_runs_unchanged():
 def test_exported_network_v1_onnx_matches_the_executor():
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
-    from faq_jax import onnx_export  # noqa: PLC0415
+    from faq_jax.export import onnx_writer  # noqa: PLC0415
 
     net = export.load(str(FIXTURES / "intnet_v1.npz"))
     want = np.load(FIXTURES / "intnet_v1_expected.npz")
-    model = onnx_export.to_onnx(net)
+    model = onnx_writer.to_onnx(net)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = np.ascontiguousarray(np.transpose(want["x_codes"], (0, 3, 1, 2)))
     (q,) = sess.run(None, {"x_codes": x})
@@ -146,7 +147,7 @@ def test_workdir_v1_resumes_and_exports(tmp_path):
     assert result["quant_after"]["count"] == 300
     assert sorted(p.name for p in (wd / "checkpoints").iterdir()) == ["2"]
     assert json.loads((wd / "experiment.json").read_text())["arch"] == "resnet20"
-    model, variables, _ = export.load_workdir(str(wd))
+    model, variables, _ = export_cli.load_workdir(str(wd))
     net = export.export(model, variables, input_shape=(8, 8, 3))
     assert {n["path"]: n["l"] for n in net.nodes if n["op"] == "requant"} == \
         {k: int(v) for k, v in before["calibrated_lsb"].items()}

@@ -1,4 +1,4 @@
-"""The layer graph of a quantized Flax model, read from its jaxpr (for ``faq_jax.export``).
+"""The layer graph of a quantized Flax model, read from its jaxpr (for the exporter).
 
 While tracing, every quantized block (Conv, Dense, BatchNorm, ActQuant, InputQuant) and every
 pooling or shortcut function of ``layers`` (``subsample_pad``: the option-A shortcut) is
@@ -18,11 +18,7 @@ import flax.linen as nn
 import jax
 
 from faq_jax import layers
-
-
-class ExportError(ValueError):
-    """A network that cannot be exported as integers; the message names the layer."""
-
+from faq_jax.export.intnet import ExportError
 
 _op_p = jax.extend.core.Primitive("faq_export_op")
 _op_p.multiple_results = False

@@ -1,7 +1,8 @@
 """Export a fine-tuned FAQ network as an integer-only network (FAQ.md sections 1-2).
 
 ``export(model, variables)`` traces the quantized model once and returns an
-:class:`IntegerNetwork`: the layer graph (JSON) plus integer constants (NumPy):
+:class:`~faq_jax.export.intnet.IntegerNetwork`: the layer graph (JSON) plus integer
+constants (NumPy):
 
 - conv/dense weights: signed b-bit codes (int8) with their per-tensor l;
 - folded BatchNorm ``y = x s + t``: s as 8-bit codes (l = -4), t as 32-bit codes (l = -16);
@@ -10,18 +11,12 @@
 Every constant is computed by the functions the simulated network uses (``quant.weight_lsb``,
 ``quant.to_codes``, the BatchNorm fold in float32 from the running statistics), so the
 integer network *is* the simulated one. The file format is specified in ``docs/export.md``.
-
-CLI: ``python -m faq_jax.export --workdir DIR --out net.npz [--onnx net.onnx]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import io
-import json
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -29,42 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from faq_jax import export_graph, quant
-from faq_jax.export_graph import ExportError
-
-FORMAT = "faq_jax.intnet"
-VERSION = 1
-
-
-@dataclasses.dataclass
-class IntegerNetwork:
-    """The layer graph (``graph``: JSON-able dict) and its integer constants (``arrays``)."""
-
-    graph: dict[str, Any]
-    arrays: dict[str, np.ndarray]
-
-    @property
-    def nodes(self) -> list[dict[str, Any]]:
-        return self.graph["nodes"]
-
-
-def save(net: IntegerNetwork, path: str) -> None:
-    """Writes ``net`` as one ``.npz``: the arrays plus ``__graph__`` (UTF-8 JSON bytes)."""
-    blob = np.frombuffer(json.dumps(net.graph, indent=1).encode(), np.uint8)
-    with open(path, "wb") as f:
-        np.savez_compressed(f, __graph__=blob, **net.arrays)
-
-
-def load(path: str) -> IntegerNetwork:
-    """Reads a file written by :func:`save`; checks format name and version."""
-    with np.load(path, allow_pickle=False) as z:
-        graph = json.loads(bytes(z["__graph__"]).decode())
-        arrays = {k: z[k] for k in z.files if k != "__graph__"}
-    if graph.get("format") != FORMAT or graph.get("version") != VERSION:
-        raise ExportError(f"{path}: not a {FORMAT} v{VERSION} file "
-                          f"(format={graph.get('format')!r}, version={graph.get('version')!r})")
-    return IntegerNetwork(graph, arrays)
-
+from faq_jax import quant
+from faq_jax.export import graph, intnet
 
 # ---- constants: the same JAX functions as the simulated network --------------------------
 
@@ -107,17 +68,10 @@ def _constants(leaves: dict[str, dict[str, jax.Array]], specs: tuple, policy) ->
     return out
 
 
-def _int_dtype(bits: int, signed: bool) -> np.dtype:
-    for b in (8, 16, 32, 64):
-        if bits <= b:
-            return np.dtype(f"{'' if signed else 'u'}int{b}")
-    raise ExportError(f"{bits} bits do not fit an integer dtype")
-
-
 def export(model: nn.Module, variables: dict[str, Any], *,
            input_shape: tuple[int, int, int] | None = None,
-           allow_uncalibrated: bool = False) -> IntegerNetwork:
-    """Turns a quantized model and its variables into an :class:`IntegerNetwork`.
+           allow_uncalibrated: bool = False) -> intnet.IntegerNetwork:
+    """Turns a quantized model and its variables into an integer network.
 
     Args:
       model: a model built with a policy (``models.create(arch, policy=...)``).
@@ -129,22 +83,22 @@ def export(model: nn.Module, variables: dict[str, Any], *,
         default (``model.init`` fills them; FAQ's no-calibration control experiment).
 
     Returns:
-      The integer network; ``int_executor.run`` executes it.
+      The integer network; ``faq_jax.export.executor.run`` executes it.
     """
     policy = getattr(model, "policy", None)
     if policy is None:
-        raise ExportError("the model has no precision policy (a float network): build it "
-                          "with models.create(arch, policy=...) and fine-tune it first")
+        raise intnet.ExportError("the model has no precision policy (a float network): build "
+                                 "it with models.create(arch, policy=...) and fine-tune it first")
     if not policy.quantize_bn:
-        raise ExportError("policy.quantize_bn is False: BatchNorm constants are float and "
-                          "have no integer form")
+        raise intnet.ExportError("policy.quantize_bn is False: BatchNorm constants are float "
+                                 "and have no integer form")
     if "quant" not in variables:
-        raise ExportError("variables have no 'quant' collection (activation l's): "
-                          "calibrate the network before exporting")
+        raise intnet.ExportError("variables have no 'quant' collection (activation l's): "
+                                 "calibrate the network before exporting")
     variables = {k: variables[k] for k in ("params", "batch_stats", "quant") if k in variables}
     shape = tuple(input_shape or (75, 75, 3))
     x = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
-    nodes = export_graph.trace(model, variables, x)
+    nodes = graph.trace(model, variables, x)
     arrays: dict[str, np.ndarray] = {}
     params, stats, qv = variables["params"], variables.get("batch_stats", {}), variables["quant"]
     specs, leaves = [], {}
@@ -161,7 +115,7 @@ def export(model: nn.Module, variables: dict[str, Any], *,
     def check(path, what, pair, bits, lsb):
         codes, overflow = pair
         if overflow:
-            raise ExportError(f"{path} {what} overflows {bits} bits at l={lsb}")
+            raise intnet.ExportError(f"{path} {what} overflows {bits} bits at l={lsb}")
         return np.asarray(codes)
 
     for node in nodes:
@@ -171,7 +125,7 @@ def export(model: nn.Module, variables: dict[str, Any], *,
         elif node["op"] in ("conv", "dense"):
             bits = policy.weight_bits(path)
             node.update(w=f"{path}/w", w_bits=bits, w_l=int(c["w_l"]), bias=None)
-            arrays[node["w"]] = np.asarray(c["w"]).astype(_int_dtype(bits, True))
+            arrays[node["w"]] = np.asarray(c["w"]).astype(intnet.int_dtype(bits, True))
             if node["op"] == "conv":
                 node.update(strides=list(node["strides"]),
                             padding=[list(q) for q in node["padding"]])
@@ -184,24 +138,24 @@ def export(model: nn.Module, variables: dict[str, Any], *,
                         t_l=policy.bn_shift_lsb)
             # s saturating at 8 bits is the simulated quantizer's clip (kept, not an error).
             arrays[node["s"]] = np.asarray(c["s"][0]).astype(
-                _int_dtype(policy.bn_scale_bits, True))
+                intnet.int_dtype(policy.bn_scale_bits, True))
             arrays[node["t"]] = check(path, "BN shift t", c["t"], policy.bn_shift_bits,
                                       policy.bn_shift_lsb).astype(np.int32)
         elif node["op"] == "requant":
             lsb = np.asarray(_get(qv, path)["lsb"])
             if lsb.shape != () or lsb != np.round(lsb):
-                raise ExportError(f"{path}: activation l {lsb} is not one integer")
+                raise intnet.ExportError(f"{path}: activation l {lsb} is not one integer")
             node.update(bits=policy.act_bits(path), l=int(lsb))
     requants = [n for n in nodes if n["op"] == "requant"]
     if requants and not allow_uncalibrated and all(
             n["l"] == quant.uncalibrated_activation_lsb(n["bits"], n["signed"]) for n in requants):
-        raise ExportError("every activation l still holds its uncalibrated default (the value "
-                          "model.init gives): calibrate the network before exporting "
-                          "(faq_jax.calibrate), or pass allow_uncalibrated=True if that is "
-                          "deliberate")
-    graph = dict(format=FORMAT, version=VERSION, input_shape=list(shape), nodes=nodes,
-                 layout="NHWC", policy=dataclasses.asdict(policy))
-    return IntegerNetwork(graph, arrays)
+        raise intnet.ExportError(
+            "every activation l still holds its uncalibrated default (the value model.init "
+            "gives): calibrate the network before exporting (faq_jax.calibrate), or pass "
+            "allow_uncalibrated=True if that is deliberate")
+    header = dict(format=intnet.FORMAT, version=intnet.VERSION, input_shape=list(shape),
+                  nodes=nodes, layout="NHWC", policy=dataclasses.asdict(policy))
+    return intnet.IntegerNetwork(header, arrays)
 
 
 def random_variables(model: nn.Module, input_shape: tuple[int, int, int], *, seed: int = 0,
@@ -236,92 +190,3 @@ def random_variables(model: nn.Module, input_shape: tuple[int, int, int], *, see
                for i in range(calib_batches)]
     variables["quant"] = calibrate.calibrate(model, variables, batches)
     return variables
-
-
-# ---- CLI --------------------------------------------------------------------------------
-
-def _config_from_workdir(workdir: str, config_path: str | None):
-    """The run's config: ``--config``, else ``config.json``, else experiment.json + defaults."""
-    import ml_collections  # noqa: PLC0415
-
-    from faq_jax import config_defaults  # noqa: PLC0415
-
-    with open(os.path.join(workdir, "experiment.json")) as f:
-        exp = json.load(f)
-    if config_path:
-        import importlib.util  # noqa: PLC0415
-        spec = importlib.util.spec_from_file_location("export_config", config_path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod.get_config()
-    full = os.path.join(workdir, "config.json")
-    if os.path.exists(full):
-        with open(full) as f:
-            return ml_collections.ConfigDict(json.load(f))
-    c = config_defaults.get_base(exp["arch"], exp["w_bits"] or 8, exp["a_bits"] or 8,
-                                 dataset=exp.get("dataset", "imagenet2012"))
-    c.num_classes = exp["num_classes"]
-    c.quant.enabled = bool(exp.get("quant", True))
-    c.quant.rules = tuple(tuple(r) for r in exp.get("rules", []))
-    return c
-
-
-def load_workdir(workdir: str, config_path: str | None = None
-                 ) -> tuple[nn.Module, dict[str, Any], Any]:
-    """(quantized model, latest fine-tuned variables, config) of a training workdir."""
-    import orbax.checkpoint as ocp  # noqa: PLC0415
-
-    from faq_jax import checkpointing, config_check, models  # noqa: PLC0415
-
-    workdir = checkpointing.absolute(workdir)
-    config = _config_from_workdir(workdir, config_path)
-    policy = config_check.make_policy(config)
-    if policy is None:
-        raise ExportError(f"{workdir}: a float run (quant disabled); nothing to export")
-    summary_path = os.path.join(workdir, "summary.json")
-    summary = {}
-    if os.path.exists(summary_path):
-        with open(summary_path) as f:
-            summary = json.load(f)
-    if "calibrated_lsb" not in summary and config.calib.enabled:
-        raise ExportError(f"{workdir}: summary.json has no calibrated_lsb: the activation l's "
-                          "were never calibrated (run the calibrate stage, or pass --config "
-                          "with calib.enabled=False if that was deliberate)")
-    ckdir = os.path.join(workdir, "checkpoints")
-    mgr = ocp.CheckpointManager(ckdir)
-    step = mgr.latest_step()
-    if step is None:
-        raise ExportError(f"{ckdir}: no fine-tuned checkpoint")
-    state = mgr.restore(step, args=ocp.args.StandardRestore())
-    state = state if isinstance(state, dict) else dataclasses.asdict(state)
-    variables = {k: state[k] for k in ("params", "batch_stats", "quant")}
-    model = models.create(config.arch, policy=policy, num_classes=config.num_classes)
-    return model, variables, config
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m faq_jax.export --workdir DIR --out FILE.npz [--onnx FILE.onnx]``."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--workdir", required=True)
-    ap.add_argument("--out", required=True, help="integer network (.npz)")
-    ap.add_argument("--onnx", default=None, help="also write an ONNX integer model")
-    ap.add_argument("--config", default=None, help="the run's config file (full policy)")
-    ap.add_argument("--image_size", type=int, default=None,
-                    help="input H = W (default: the run's data.image_size)")
-    args = ap.parse_args(argv)
-    model, variables, config = load_workdir(args.workdir, args.config)
-    size = args.image_size or config.data.image_size
-    net = export(model, variables, input_shape=(size, size, 3),
-                 allow_uncalibrated=not config.calib.enabled)
-    save(net, args.out)
-    buf = io.StringIO()
-    buf.write(f"wrote {args.out}: {len(net.nodes)} nodes, {len(net.arrays)} arrays")
-    if args.onnx:
-        from faq_jax import onnx_export  # noqa: PLC0415
-        onnx_export.save(net, args.onnx)
-        buf.write(f"; {args.onnx}")
-    print(buf.getvalue())
-
-
-if __name__ == "__main__":
-    main()

@@ -1,10 +1,10 @@
-"""ONNX form of an exported integer network, op for op the arithmetic of ``int_executor``.
+"""ONNX form of an exported integer network, op for op the arithmetic of the executor.
 
 Integer mode (default): ``ConvInteger`` / ``MatMulInteger`` (int8/uint8 operands, int32
 accumulators) and ``Mul``/``Add``/``Div``/``Mod``/``Clip``/``Cast`` in int32 where a static
 bound (max input code x per-channel sum |w|) proves it fits, else int64: a folded
 BatchNorm followed by its quantizer becomes ``y = acc * (s A) + (t A + B)``, ``floor(y / D)``,
-clip, cast to uint8 (see ``int_executor.requantize`` for A, B, D). Max pooling casts the
+clip, cast to uint8 (see ``executor.requantize`` for A, B, D). Max pooling casts the
 codes to float32 (8-bit codes) or float64 (wider, exact below 2^53) and back; average
 pools are int64 window sums of ``Slice``s; the option-A shortcut (``subsample_pad``) is a
 strided ``Slice`` and a zero channel ``Pad`` of the codes. Input ``x_codes``: int8 NCHW;
@@ -23,8 +23,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from faq_jax import export as export_lib
-from faq_jax.int_executor import I64, _shl
+from faq_jax import layers
+from faq_jax.export import executor, intnet
+
+I64 = executor.I64
 
 _NP2ONNX = {np.dtype(k): v for k, v in [("int8", TensorProto.INT8), ("uint8", TensorProto.UINT8),
             ("int16", TensorProto.INT16), ("uint16", TensorProto.UINT16),
@@ -44,7 +46,7 @@ class _Val:
 
 
 class _Writer:
-    def __init__(self, net: export_lib.IntegerNetwork, float_mode: bool):
+    def __init__(self, net: intnet.IntegerNetwork, float_mode: bool):
         self.net, self.float_mode = net, float_mode
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
@@ -110,7 +112,7 @@ class _Writer:
         for v in vs:
             x = self.cast(v, ct)
             if v.l != lmin:
-                x = self.op("Mul", [x, self.const(_shl(np.asarray(1, I64), v.l - lmin,
+                x = self.op("Mul", [x, self.const(executor.shl(np.asarray(1, I64), v.l - lmin,
                                                         "add/concat").astype(ct))])
             names.append(x)
         return names, lmin, ct, total
@@ -129,11 +131,11 @@ def _int_node(w: _Writer, node: dict[str, Any], ins: list[_Val], arrays) -> _Val
     if op in ("conv", "dense"):
         x = w.materialize(ins[0])
         if x.dtype not in (np.int8, np.uint8) or np.any(np.asarray(x.d) != 1):
-            raise export_lib.ExportError(f"{path}: ONNX needs 8-bit codes as input, got {x.dtype}")
+            raise intnet.ExportError(f"{path}: ONNX needs 8-bit codes as input, got {x.dtype}")
         if node["w_bits"] > 8:
-            raise export_lib.ExportError(
+            raise intnet.ExportError(
                 f"{path}: {node['w_bits']}-bit weights; ONNX ConvInteger/MatMulInteger take "
-                "8-bit operands. Use <= 8-bit weights, or run the .npz with int_executor")
+                "8-bit operands. Use <= 8-bit weights, or run the .npz with faq_jax.export.run")
         wq = arrays[node["w"]].astype(np.int8)
         if op == "conv":
             (pt, pb), (pl, pr) = node["padding"]
@@ -159,17 +161,17 @@ def _int_node(w: _Writer, node: dict[str, Any], ins: list[_Val], arrays) -> _Val
         if node.get("bias"):
             b = arrays[node["bias"]].astype(I64)
             lmin = min(out.l, node["bias_l"])
-            mul = _shl(np.ones_like(b), out.l - lmin, path)
+            mul = executor.shl(np.ones_like(b), out.l - lmin, path)
+            add = executor.shl(b, node["bias_l"] - lmin, path)
             out = _Val(acc, np.int32, lmin, 1, out.nchw, shape,
-                       (w.phys(mul, out), w.phys(_shl(b, node["bias_l"] - lmin, path), out)),
-                       out.bound)
+                       (w.phys(mul, out), w.phys(add, out)), out.bound)
         return out
     if op == "bn":
         x = ins[0]
         s, t = arrays[node["s"]].astype(I64), arrays[node["t"]].astype(I64)
         lp = x.l + node["s_l"]
         lmin = min(lp, node["t_l"])
-        s, t = _shl(s, lp - lmin, path), _shl(t, node["t_l"] - lmin, path)
+        s, t = executor.shl(s, lp - lmin, path), executor.shl(t, node["t_l"] - lmin, path)
         if x.affine is not None:  # (acc*m + a)*s + t
             m, a = x.affine
             s, t = m * w.phys(s, x), a * w.phys(s, x) + w.phys(t, x)
@@ -181,8 +183,8 @@ def _int_node(w: _Writer, node: dict[str, Any], ins: list[_Val], arrays) -> _Val
         k = x.l - lo
         d = w.phys(np.broadcast_to(np.asarray(x.d, I64), (1, *x.shape)), x) \
             if np.ndim(x.d) else np.asarray(x.d, I64)
-        a, b, den = (_shl(np.asarray(1, I64), k + 1, path), d, 2 * d) if k >= 0 else \
-            (np.asarray(2, I64), _shl(d, -k, path), _shl(d, 1 - k, path))
+        a, b, den = (executor.shl(np.asarray(1, I64), k + 1, path), d, 2 * d) if k >= 0 else \
+            (np.asarray(2, I64), executor.shl(d, -k, path), executor.shl(d, 1 - k, path))
         mul, add = x.affine if x.affine is not None else (np.asarray(1, I64),
                                                           np.asarray(0, I64))
         # int32 arithmetic where the numerator provably fits (half the memory traffic).
@@ -202,7 +204,7 @@ def _int_node(w: _Writer, node: dict[str, Any], ins: list[_Val], arrays) -> _Val
         hi = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
         q = w.op("Clip", [q, w.const(np.asarray(-hi if signed else 0, ct)),
                           w.const(np.asarray(hi, ct))])
-        dt = export_lib._int_dtype(bits, signed)
+        dt = intnet.int_dtype(bits, signed)
         return _Val(w.op("Cast", [q], path, to=_NP2ONNX[dt]), dt, lo, 1, x.nchw, shape)
     if op in ("add", "concat"):
         if op == "concat" and all(v.affine is None and v.dtype == ins[0].dtype
@@ -236,7 +238,7 @@ def _int_node(w: _Writer, node: dict[str, Any], ins: list[_Val], arrays) -> _Val
         return _adaptive(w, node, w.materialize(ins[0]))
     if op in ("transpose", "reshape"):
         return _layout(w, node, w.materialize(ins[0]))
-    raise export_lib.ExportError(f"ONNX writer: unsupported op {op!r}")
+    raise intnet.ExportError(f"ONNX writer: unsupported op {op!r}")
 
 
 def _pow2(v: _Val) -> _Val:
@@ -269,7 +271,7 @@ def _subsample_pad(w: _Writer, node, x: _Val) -> _Val:
     """x[:, ::s, ::s, :] and zero channels before/after, in x's physical layout."""
     stride, before, after = node["args"]
     if np.any(np.asarray(x.d) != 1):
-        raise export_lib.ExportError(f"{node.get('path', 'subsample_pad')}: input is an "
+        raise intnet.ExportError(f"{node.get('path', 'subsample_pad')}: input is an "
                                      "unrounded average; re-quantize it first")
     h_ax, w_ax, c_ax = (2, 3, 1) if x.nchw else (1, 2, 3)
     y = w.op("Slice", [x.name, w.const(np.asarray([0, 0], I64)),
@@ -302,8 +304,8 @@ def _avg_pool(w: _Writer, node, x: _Val) -> _Val:
     if include or pad == 0:
         return _pow2(_Val(y, I64, x.l, win * win, True, node["shape_out"]))
     ones = np.ones((1, *x.shape[:2], 1), I64)
-    from faq_jax.int_executor import _window_sum as np_window_sum  # noqa: PLC0415
-    return _Val(y, I64, x.l, np_window_sum(ones, win, stride, pad), True, node["shape_out"])
+    return _Val(y, I64, x.l, executor.window_sum(ones, win, stride, pad), True,
+                node["shape_out"])
 
 
 def _adaptive(w: _Writer, node, x: _Val) -> _Val:
@@ -311,11 +313,9 @@ def _adaptive(w: _Writer, node, x: _Val) -> _Val:
     if (h, wd) == (oh, ow):
         return x
     xi, rows, den = w.cast(x, I64), [], np.zeros((1, oh, ow, 1), I64)
-    for i in range(oh):
-        h0, h1 = (i * h) // oh, -((-(i + 1) * h) // oh)
+    for i, (h0, h1) in enumerate(layers.adaptive_pool_bins(h, oh)):
         cols = []
-        for j in range(ow):
-            w0, w1 = (j * wd) // ow, -((-(j + 1) * wd) // ow)
+        for j, (w0, w1) in enumerate(layers.adaptive_pool_bins(wd, ow)):
             sl = w.op("Slice", [xi, w.const(np.asarray([h0, w0], I64)),
                                 w.const(np.asarray([h1, w1], I64)),
                                 w.const(np.asarray([2, 3], I64))])
@@ -386,10 +386,10 @@ def _float_node(w: _Writer, node: dict[str, Any], ins: list[_Val], arrays) -> _V
         return _subsample_pad(w, node, x)
     if op in ("transpose", "reshape"):
         return _layout(w, node, x)
-    raise export_lib.ExportError(f"ONNX float writer: unsupported op {op!r} at {path}")
+    raise intnet.ExportError(f"ONNX float writer: unsupported op {op!r} at {path}")
 
 
-def to_onnx(net: export_lib.IntegerNetwork, *, float_mode: bool = False,
+def to_onnx(net: intnet.IntegerNetwork, *, float_mode: bool = False,
             opset: int = 21) -> onnx.ModelProto:
     """The ONNX model of ``net`` (integer ops; ``float_mode``: the fp32 baseline)."""
     w = _Writer(net, float_mode)
@@ -399,9 +399,9 @@ def to_onnx(net: export_lib.IntegerNetwork, *, float_mode: bool = False,
     for node in net.nodes:
         if node["op"] == "input":
             if not float_mode and node["bits"] > 8:
-                raise export_lib.ExportError(
+                raise intnet.ExportError(
                     f"{node['bits']}-bit input codes; the ONNX integer model takes int8 "
-                    "input. Use policy.input_bits <= 8, or run the .npz with int_executor")
+                    "input. Use policy.input_bits <= 8, or run the .npz with faq_jax.export.run")
             dt = np.float32 if float_mode else np.int8
             vals[node["id"]] = _Val("x_codes" if not float_mode else "x", dt, node["l"], 1,
                                     True, [h, wd, c])
@@ -426,13 +426,13 @@ def to_onnx(net: export_lib.IntegerNetwork, *, float_mode: bool = False,
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
                               producer_name="faq_jax")
     model.ir_version = min(model.ir_version, 10)
-    meta = {"format": "faq_jax.intnet.onnx", "version": str(export_lib.VERSION),
+    meta = {"format": "faq_jax.intnet.onnx", "version": str(intnet.VERSION),
             "input_l": str(in_l), "logits_l": str(0 if float_mode else out_val.l),
             "layout": "NCHW"}
     helper.set_model_props(model, meta)
     return model
 
 
-def save(net: export_lib.IntegerNetwork, path: str, *, float_mode: bool = False) -> None:
+def save(net: intnet.IntegerNetwork, path: str, *, float_mode: bool = False) -> None:
     """Writes the ONNX model of ``net`` to ``path``."""
     onnx.save(to_onnx(net, float_mode=float_mode), path)

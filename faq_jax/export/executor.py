@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from faq_jax import export as export_lib
+from faq_jax import layers, quant
+from faq_jax.export import intnet
 
 I64 = np.int64
 
@@ -66,7 +67,7 @@ class IntegerOverflowError(OverflowError):
     """An exponent gap too wide for int64 arithmetic; the message names the node."""
 
 
-def _shl(q: np.ndarray, k: int, where: str) -> np.ndarray:
+def shl(q: np.ndarray, k: int, where: str) -> np.ndarray:
     """q * 2^k (k >= 0) in int64, refusing results that would not fit."""
     if k == 0:
         return q
@@ -81,7 +82,7 @@ def _shl(q: np.ndarray, k: int, where: str) -> np.ndarray:
 
 def _align(ts: list[IntTensor], where: str = "") -> tuple[list[np.ndarray], int]:
     lmin = min(t.l for t in ts)
-    return [_shl(t.q, t.l - lmin, where) for t in ts], lmin
+    return [shl(t.q, t.l - lmin, where) for t in ts], lmin
 
 
 def floor_div(num: np.ndarray, den: Any) -> np.ndarray:
@@ -96,9 +97,9 @@ def requantize(t: IntTensor, bits: int, l_out: int, signed: bool, relu: bool,
     k = t.l - l_out
     d = np.asarray(t.d, I64)
     if k >= 0:
-        codes = floor_div(_shl(q, k + 1, where) + d, 2 * d)
+        codes = floor_div(shl(q, k + 1, where) + d, 2 * d)
     else:
-        codes = floor_div(2 * q + _shl(d, -k, where), _shl(d, 1 - k, where))
+        codes = floor_div(2 * q + shl(d, -k, where), shl(d, 1 - k, where))
     hi = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
     return np.clip(codes, -hi if signed else 0, hi)
 
@@ -119,7 +120,8 @@ def _conv(x: np.ndarray, w: np.ndarray, strides, padding, groups: int) -> np.nda
     return outs[0] if groups == 1 else np.concatenate(outs, axis=-1)
 
 
-def _window_sum(q: np.ndarray, window: int, stride: int, padding: int) -> np.ndarray:
+def window_sum(q: np.ndarray, window: int, stride: int, padding: int) -> np.ndarray:
+    """int64 sums of q (NHWC) over every ``window`` x ``window`` window (zero padding)."""
     qp = np.pad(q, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     win = sliding_window_view(qp, (window, window), axis=(1, 2))[:, ::stride, ::stride]
     return win.sum(axis=(-2, -1), dtype=I64)
@@ -128,11 +130,11 @@ def _window_sum(q: np.ndarray, window: int, stride: int, padding: int) -> np.nda
 def _avg_pool(t: IntTensor, window: int, stride: int, padding: int = 0,
               count_include_pad: bool = True) -> IntTensor:
     t = t.exact("avg_pool")
-    s = _window_sum(t.q, window, stride, padding)
+    s = window_sum(t.q, window, stride, padding)
     if count_include_pad or padding == 0:
         return IntTensor(s, t.l, window * window).exact_or_self()
     ones = np.ones((1, *t.q.shape[1:3], 1), I64)
-    return IntTensor(s, t.l, _window_sum(ones, window, stride, padding))
+    return IntTensor(s, t.l, window_sum(ones, window, stride, padding))
 
 
 def _adaptive_avg_pool(t: IntTensor, out_hw) -> IntTensor:
@@ -143,10 +145,8 @@ def _adaptive_avg_pool(t: IntTensor, out_hw) -> IntTensor:
         return t
     sums = np.zeros((n, oh, ow, c), I64)
     den = np.zeros((1, oh, ow, 1), I64)
-    for i in range(oh):
-        h0, h1 = (i * h) // oh, -((-(i + 1) * h) // oh)
-        for j in range(ow):
-            w0, w1 = (j * w) // ow, -((-(j + 1) * w) // ow)
+    for i, (h0, h1) in enumerate(layers.adaptive_pool_bins(h, oh)):
+        for j, (w0, w1) in enumerate(layers.adaptive_pool_bins(w, ow)):
             sums[:, i, j] = t.q[:, h0:h1, w0:w1].sum(axis=(1, 2))
             den[0, i, j, 0] = (h1 - h0) * (w1 - w0)
     return IntTensor(sums, t.l, den).exact_or_self()
@@ -225,7 +225,7 @@ def run_node(node: dict[str, Any], ins: list[IntTensor], arrays: dict[str, np.nd
     raise ValueError(f"unknown op {op!r} in node {node['id']}")
 
 
-def run(net: export_lib.IntegerNetwork, x_codes: np.ndarray,
+def run(net: intnet.IntegerNetwork, x_codes: np.ndarray,
         trace: Callable[[dict[str, Any], IntTensor], None] | None = None
         ) -> tuple[np.ndarray, int]:
     """Runs ``net`` on the int8 input codes (NHWC); returns (logit codes int64, l).
@@ -250,10 +250,9 @@ def run(net: export_lib.IntegerNetwork, x_codes: np.ndarray,
     return out.q, out.l
 
 
-def input_codes(net: export_lib.IntegerNetwork, x: np.ndarray) -> np.ndarray:
+def input_codes(net: intnet.IntegerNetwork, x: np.ndarray) -> np.ndarray:
     """The input quantizer (outside the integer network): normalised float image -> codes
     (int8 for the default 8-bit input, wider for wider inputs)."""
     node = next(n for n in net.nodes if n["op"] == "input")
-    from faq_jax import quant  # noqa: PLC0415
     return np.asarray(quant.to_codes(x, bits=node["bits"], lsb=node["l"], signed=True),
-                      export_lib._int_dtype(node["bits"], True))
+                      intnet.int_dtype(node["bits"], True))

@@ -177,11 +177,11 @@ def predictions(model: Any, variables: dict[str, Any], config: Any) -> dict[str,
     """Predicted class, label and the normalised image of every test image, in order."""
     import jax
 
-    from faq_jax import input_pipeline
+    from faq_jax import data
 
     apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
     preds, labels, images = [], [], []
-    for b in input_pipeline.eval_batches(config, local_batch_size=config.eval_batch_size):
+    for b in data.eval_batches(config, local_batch_size=config.eval_batch_size):
         m = b["mask"]
         preds.append(np.asarray(apply(variables, b["image"])).argmax(-1)[m])
         labels.append(b["label"][m])

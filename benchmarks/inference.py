@@ -92,7 +92,7 @@ def agreement(ckpt: str, bits: int, max_images: int) -> None:
     """Top-1 agreement of executor / ONNX with the simulated network on CIFAR-10 val."""
     import orbax.checkpoint as ocp  # noqa: PLC0415
 
-    from faq_jax import calibrate, input_pipeline  # noqa: PLC0415
+    from faq_jax import calibrate, data  # noqa: PLC0415
 
     path = os.path.abspath(ckpt)
     if os.path.exists(os.path.join(path, "_CHECKPOINT_METADATA")):  # one saved pytree
@@ -113,7 +113,7 @@ def agreement(ckpt: str, bits: int, max_images: int) -> None:
                                 jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
         variables["quant"] = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                                           shapes["quant"])
-        batches = input_pipeline.calibration_batches(config, local_batch_size=128,
+        batches = data.calibration_batches(config, local_batch_size=128,
                                                      num_batches=5)
         variables["quant"] = calibrate.calibrate(model, variables,
                                                  (b["image"] for b in batches))
@@ -123,7 +123,7 @@ def agreement(ckpt: str, bits: int, max_images: int) -> None:
     sim32 = jax.jit(lambda v, x: model.apply(v, x, train=False))
     n = agree_exec = agree_onnx = exact64 = onnx_exec = correct = 0
     t0 = time.time()
-    for batch in input_pipeline.eval_batches(config, local_batch_size=500):
+    for batch in data.eval_batches(config, local_batch_size=500):
         keep = batch["mask"]
         codes = export.input_codes(net, batch["image"])[keep]
         ref32 = np.asarray(sim32(variables, jnp.asarray(batch["image"][keep], jnp.float32)))

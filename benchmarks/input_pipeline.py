@@ -67,7 +67,7 @@ def make_torchvision(paths: list[str], batch: int):
 
 def make_faq_jax(paths: list[str], batch: int):
     """A timed pass of the faq_jax tf.data preprocessing over ``paths``; returns images/s."""
-    from faq_jax import preprocess
+    from faq_jax.data import preprocess
 
     tf = preprocess.tf
 

@@ -13,8 +13,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from faq_jax import datasets_cifar, layers, models, optim
+from faq_jax import layers, models, optim
 from faq_jax import policy as policy_lib
+from faq_jax.data import cifar10
 
 STAGES = ("pretrain", "eval_fp32", "calibrate", "eval_quant", "finetune")
 DATASETS = ("imagenet2012", "folder", "cifar10", "digits")
@@ -52,7 +53,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     if config.data.name not in DATASETS:
         _fail("data.name", config.data.name, f"must be one of {DATASETS}")
     if config.data.name == "cifar10":
-        datasets_cifar.check_archives(config.data)
+        cifar10.check_archives(config.data)
     stages = {s.strip() for s in config.stages.split(",") if s.strip()}
     unknown = stages - set(STAGES)
     if unknown:

@@ -15,7 +15,7 @@ IMAGENET_VAL = 50_000
 
 
 def data_config(name: str = "imagenet2012") -> ml_collections.ConfigDict:
-    """Input-pipeline fields (faq_jax/input_pipeline.py reads only these + config.seed)."""
+    """Input-pipeline fields (faq_jax/data reads only these + config.seed)."""
     return ml_collections.ConfigDict(dict(
         name=name,            # "imagenet2012" | "folder" | "cifar10" | "digits"
         data_dir="",          # TFDS data_dir ("" = TFDS default)

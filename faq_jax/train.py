@@ -25,7 +25,6 @@ from faq_jax import (
     analysis,
     checkpointing,
     config_check,
-    input_pipeline,
     layers,
     lazy_imports,
     models,
@@ -34,6 +33,7 @@ from faq_jax import (
     steps,
 )
 from faq_jax import calibrate as calibrate_lib
+from faq_jax import data as data_lib
 
 
 def _clu() -> tuple[Any, Any]:
@@ -102,11 +102,11 @@ def evaluate(eval_step: Any, variables: dict[str, Any], config: ml_collections.C
     variables = sharding.replicate(variables, mesh)
     global_batch, local = sharding.padded_eval_batch(config.eval_batch_size)
     total = None
-    it = input_pipeline.eval_batches(config, local_batch_size=local,
+    it = data_lib.eval_batches(config, local_batch_size=local,
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count())
     bsh = sharding.batch_sharding(mesh)
-    n_total = input_pipeline.num_eval_batches(config, local_batch_size=local,
+    n_total = data_lib.num_eval_batches(config, local_batch_size=local,
                                               process_count=jax.process_count())
     if config.max_eval_batches > 0:
         n_total = min(n_total, config.max_eval_batches)
@@ -139,7 +139,7 @@ def _micro_batches(config, batches: optim.BatchSchedule, start: int, local_micro
                    ) -> Iterator[dict[str, np.ndarray]]:
     """The micro-batch stream from position ``start``; its epoch e holds exactly what the
     schedule's epoch e consumes, so accumulated micro-batches are one batch's examples."""
-    return input_pipeline.train_batches(
+    return data_lib.train_batches(
         config, local_batch_size=local_micro, start_step=start,
         process_index=jax.process_index(), process_count=jax.process_count(),
         epoch_steps=lambda e: batches.steps_in_epoch(e) * batches.accum(e))
@@ -296,7 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
                  jax.devices())
     mesh = sharding.make_mesh()
-    info = input_pipeline.dataset_info(config)
+    info = data_lib.dataset_info(config)
     dtype = layers.COMPUTE_DTYPES[config.compute_dtype]
     float_model = models.create(config.arch, num_classes=config.num_classes, dtype=dtype)
     pol = config_check.make_policy(config)
@@ -376,7 +376,7 @@ def _calibrated_quant(config: ml_collections.ConfigDict, stages: set[str],
                         "config.calib.enabled=False for the uncalibrated control.",
                         config.stages)
     local = sharding.check_divisible(config.batch_size, "batch_size")
-    batches = input_pipeline.calibration_batches(
+    batches = data_lib.calibration_batches(
         config, local_batch_size=local, num_batches=config.calib.num_batches,
         process_index=jax.process_index(), process_count=jax.process_count())
     bsh = sharding.batch_sharding(mesh)

@@ -77,6 +77,7 @@ def load_workdir(workdir: str, config_path: str | None = None
 def main(argv: list[str] | None = None) -> None:
     """``python -m faq_jax.export --workdir DIR --out FILE.npz [--onnx FILE.onnx]``."""
     ap = argparse.ArgumentParser(
+        prog="python -m faq_jax.export",
         description="Export a fine-tuned FAQ workdir as an integer network.")
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--out", required=True, help="integer network (.npz)")

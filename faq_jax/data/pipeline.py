@@ -20,7 +20,8 @@ buffer and resumes with ``skip`` before any decoding.
 Evaluation is exact: process p reads examples ``[p*N//P, (p+1)*N//P)``; every process
 yields ``num_eval_batches`` batches, padded with ``mask=False`` examples.
 
-TensorFlow is imported lazily (through :mod:`faq_jax.lazy_imports`) by the TF datasets.
+TensorFlow is imported lazily (through :mod:`faq_jax.lazy_imports`) by the TF datasets:
+:mod:`faq_jax.data.preprocess` and :mod:`faq_jax.data.imagenet` only inside functions.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any, NamedTuple
 import ml_collections
 import numpy as np
 
-from faq_jax import datasets_cifar, datasets_digits, datasets_folder
+from faq_jax.data import cifar10, digits, folder, imagenet
 
 Batch = dict[str, np.ndarray]
 
@@ -88,7 +89,7 @@ def _check(data: ml_collections.ConfigDict) -> None:
     if data.augment not in _AUGMENTS:
         raise ValueError(f"config.data.augment must be one of {_AUGMENTS}, got {data.augment!r}.")
     if data.name == "cifar10":
-        datasets_cifar.check_choices(data.source, data.eval_split)
+        cifar10.check_choices(data.source, data.eval_split)
     if data.name != "digits" and data.eval_resize < data.image_size:
         raise ValueError(
             f"config.data.eval_resize={data.eval_resize} < image_size={data.image_size}."
@@ -102,11 +103,11 @@ def _check(data: ml_collections.ConfigDict) -> None:
 @functools.lru_cache(maxsize=8)
 def _cached_splits(name: str, train_dir: str, eval_dir: str, **cifar: Any) -> tuple[Any, Any]:
     if name == "cifar10":
-        return datasets_cifar.splits(**cifar)
-    train = datasets_folder.list_image_folder(train_dir)
+        return cifar10.splits(**cifar)
+    train = folder.list_image_folder(train_dir)
     if not eval_dir:
         raise ValueError("config.data.eval_dir is empty: set it to the evaluation folder.")
-    return train, datasets_folder.list_image_folder(eval_dir, classes=train.classes)
+    return train, folder.list_image_folder(eval_dir, classes=train.classes)
 
 
 def _expand(path: str) -> str:
@@ -115,8 +116,8 @@ def _expand(path: str) -> str:
 
 
 def _splits(data: ml_collections.ConfigDict) -> tuple[Any, Any]:
-    """``(train, eval)`` of a folder or CIFAR-10: each a ``datasets_folder.FileSplit``
-    (image files) or a ``datasets_cifar.ArraySplit`` (uint8 images)."""
+    """``(train, eval)`` of a folder or CIFAR-10: each a ``folder.FileSplit`` (image files)
+    or a ``cifar10.ArraySplit`` (uint8 images)."""
     cifar = {}
     if data.name == "cifar10":
         cifar = dict(
@@ -137,11 +138,11 @@ def _elements(split: Any, index: np.ndarray, seeds: np.ndarray | None = None,
     """tf.data dataset of (image, label[, seed]) for ``split[index]``: uint8 images of an
     ArraySplit (gathered from ``table``, its images as one tensor, when given), file
     contents of a FileSplit."""
-    from faq_jax import preprocess
+    from faq_jax.data import preprocess  # noqa: PLC0415 - loads TensorFlow
 
     tf = preprocess.tf
     extra = () if seeds is None else (seeds,)
-    if isinstance(split, datasets_cifar.ArraySplit):
+    if isinstance(split, cifar10.ArraySplit):
         if table is None:
             return tf.data.Dataset.from_tensor_slices(
                 (split.images[index], split.labels[index], *extra))
@@ -152,13 +153,6 @@ def _elements(split: Any, index: np.ndarray, seeds: np.ndarray | None = None,
     return ds.map(lambda p, *rest: (tf.io.read_file(p), *rest))
 
 
-@functools.lru_cache(maxsize=4)
-def _imagenet(data_dir: str, manual_dir: str) -> Any:
-    from faq_jax import prepare_imagenet
-
-    return prepare_imagenet.builder(data_dir, manual_dir)
-
-
 def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
     """Classes, split sizes and image shape of ``config.data``."""
     data = config.data
@@ -167,10 +161,10 @@ def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
     if data.name == "digits":
         if size % 8:
             raise ValueError(f"digits: image_size must be a multiple of 8, got {size}.")
-        digits = datasets_digits.load()
-        return DatasetInfo(10, len(digits.train_x), len(digits.eval_x), (size, size, 3))
+        d = digits.load()
+        return DatasetInfo(10, len(d.train_x), len(d.eval_x), (size, size, 3))
     if data.name == "imagenet2012":
-        builder = _imagenet(data.data_dir, data.manual_dir)
+        builder = imagenet.cached_builder(data.data_dir, data.manual_dir)
         splits = builder.info.splits
         return DatasetInfo(
             builder.info.features["label"].num_classes,
@@ -276,7 +270,7 @@ def calibration_batches(
 
 
 def _digits_train(config, info, steps, local_batch, pi, pc, epoch, skip) -> Iterator[Batch]:
-    digits = datasets_digits.load()
+    d = digits.load()
     dtype = _np_dtype(config.data)
     for e in itertools.count(epoch):
         indices, positions = _epoch_indices(info.num_train, config.seed, e, steps(e),
@@ -284,17 +278,15 @@ def _digits_train(config, info, steps, local_batch, pi, pc, epoch, skip) -> Iter
         # Shifts by position in the global epoch: the same for any process count.
         shifts = np.random.default_rng([config.seed, e, 1]).integers(0, 3, (2, info.num_train))
         for step in range(skip if e == epoch else 0, steps(e)):
-            x = digits.train_x[indices[step]]
+            x = d.train_x[indices[step]]
             if config.data.augment != "none":  # A random shift of up to 1 pixel.
-                x = datasets_digits.random_shift(x, shifts[:, positions[step]])
-            image = datasets_digits.to_model_images(
-                x, config.data.image_size, dtype, digits.mean, digits.std
-            )
-            yield {"image": image, "label": digits.train_y[indices[step]]}
+                x = digits.random_shift(x, shifts[:, positions[step]])
+            image = digits.to_model_images(x, config.data.image_size, dtype, d.mean, d.std)
+            yield {"image": image, "label": d.train_y[indices[step]]}
 
 
 def _train_fn(data: ml_collections.ConfigDict):
-    from faq_jax import preprocess
+    from faq_jax.data import preprocess  # noqa: PLC0415 - loads TensorFlow
 
     if data.augment == "imagenet":
         return lambda image, seed: preprocess.train_imagenet(image, seed, data.image_size)
@@ -305,7 +297,7 @@ def _train_fn(data: ml_collections.ConfigDict):
 
 def _finish(ds: Any, data: ml_collections.ConfigDict) -> Any:
     """Normalises whole batches (vectorised), casts to config dtype, prefetches."""
-    from faq_jax import preprocess
+    from faq_jax.data import preprocess  # noqa: PLC0415 - loads TensorFlow
 
     tf = preprocess.tf
     dtype = tf.bfloat16 if data.dtype == "bfloat16" else tf.float32
@@ -320,7 +312,7 @@ def _finish(ds: Any, data: ml_collections.ConfigDict) -> Any:
 
 
 def _tf_train(config, info, steps, local_batch, pi, pc, epoch, skip) -> Iterator[Batch]:
-    from faq_jax import preprocess
+    from faq_jax.data import preprocess  # noqa: PLC0415 - loads TensorFlow
 
     tf = preprocess.tf
     data = config.data
@@ -330,7 +322,7 @@ def _tf_train(config, info, steps, local_batch, pi, pc, epoch, skip) -> Iterator
     table = None
     if data.name != "imagenet2012":
         split, _ = _splits(data)
-        if isinstance(split, datasets_cifar.ArraySplit):
+        if isinstance(split, cifar10.ArraySplit):
             table = tf.constant(split.images)  # Once: every epoch gathers from it.
 
     def example(image, label, seed):  # image: encoded bytes or uint8 [H, W, 3].
@@ -340,7 +332,10 @@ def _tf_train(config, info, steps, local_batch, pi, pc, epoch, skip) -> Iterator
     for e in itertools.count(epoch):
         first = skip if e == epoch else 0
         if data.name == "imagenet2012":
-            ds = _imagenet_train_epoch(config, info, steps(e) * local_batch, pi, pc, e)
+            seed = _seed(config.seed, e, pi)
+            ds = imagenet.train_records(data.data_dir, data.manual_dir,
+                                        tfds_split_spec("train", info.num_train, pi, pc), seed,
+                                        data.shuffle_buffer, steps(e) * local_batch)
             ds = ds.skip(first * local_batch)  # Before decoding: only records are read.
             paths = None
         else:
@@ -357,27 +352,9 @@ def _tf_train(config, info, steps, local_batch, pi, pc, epoch, skip) -> Iterator
         yield from _numpy(ds, None if paths is None else list(paths))
 
 
-def _imagenet_train_epoch(config, info, num_examples, pi, pc, epoch) -> Any:
-    """(image bytes, label, seed) of this process's shuffled ``train[a:b]`` for one epoch."""
-    from faq_jax import lazy_imports
-
-    tf, tfds = lazy_imports.tensorflow(), lazy_imports.tensorflow_datasets()
-    epoch_seed = _seed(config.seed, epoch, pi)
-    ds = _imagenet(config.data.data_dir, config.data.manual_dir).as_dataset(
-        split=tfds_split_spec("train", info.num_train, pi, pc),
-        shuffle_files=True,
-        read_config=tfds.ReadConfig(shuffle_seed=epoch_seed, skip_prefetch=True),
-        decoders={"image": tfds.decode.SkipDecoding()},
-    )
-    ds = ds.shuffle(config.data.shuffle_buffer, seed=epoch_seed).take(num_examples)
-    return ds.enumerate().map(
-        lambda i, ex: (ex["image"], ex["label"], tf.stack([tf.constant(epoch_seed, tf.int64), i]))
-    )
-
-
 def _numpy(ds: Any, batch_paths: list[np.ndarray] | None) -> Iterator[Batch]:
     """Iterates ``ds`` as NumPy; a decoding error names the file (batch_paths[k]: batch k)."""
-    from faq_jax import preprocess
+    from faq_jax.data import preprocess  # noqa: PLC0415 - loads TensorFlow
 
     iterator = ds.as_numpy_iterator()
     for step in itertools.count():
@@ -390,7 +367,7 @@ def _numpy(ds: Any, batch_paths: list[np.ndarray] | None) -> Iterator[Batch]:
                 raise
             # Deterministic order: the failing file is in this batch (or, defensively, later).
             for candidates in (batch_paths[step], np.concatenate(batch_paths[step:])):
-                bad = datasets_folder.find_undecodable(candidates)
+                bad = folder.find_undecodable(candidates)
                 if bad:
                     files = "; ".join(f"{path} ({why})" for path, why in bad)
                     raise ValueError(f"Cannot decode image file(s): {files}") from e
@@ -423,17 +400,17 @@ def eval_batches(
     )
     start, end = shard_bounds(info.num_eval, process_index, process_count)
     if data.name == "digits":
-        digits, dtype = datasets_digits.load(), _np_dtype(data)
+        d, dtype = digits.load(), _np_dtype(data)
         source = (
             {
-                "image": datasets_digits.to_model_images(
-                    digits.eval_x[i : min(i + local_batch_size, end)],
+                "image": digits.to_model_images(
+                    d.eval_x[i : min(i + local_batch_size, end)],
                     data.image_size,
                     dtype,
-                    digits.mean,
-                    digits.std,
+                    d.mean,
+                    d.std,
                 ),
-                "label": digits.eval_y[i : min(i + local_batch_size, end)],
+                "label": d.eval_y[i : min(i + local_batch_size, end)],
             }
             for i in range(start, end, local_batch_size)
         )
@@ -443,7 +420,7 @@ def eval_batches(
 
 
 def _tf_eval(config, info, start, end, pi, pc, local_batch) -> Iterator[Batch]:
-    from faq_jax import preprocess
+    from faq_jax.data import preprocess  # noqa: PLC0415 - loads TensorFlow
 
     tf = preprocess.tf
     data = config.data
@@ -453,15 +430,8 @@ def _tf_eval(config, info, start, end, pi, pc, local_batch) -> Iterator[Batch]:
         return {"image": image, "label": tf.cast(label, tf.int32)}
 
     if data.name == "imagenet2012":
-        from faq_jax import lazy_imports
-
-        tfds = lazy_imports.tensorflow_datasets()
-        ds = _imagenet(data.data_dir, data.manual_dir).as_dataset(
-            split=tfds_split_spec("validation", info.num_eval, pi, pc),
-            shuffle_files=False,
-            decoders={"image": tfds.decode.SkipDecoding()},
-        )
-        ds = ds.map(lambda ex: (ex["image"], ex["label"]))
+        ds = imagenet.eval_records(data.data_dir, data.manual_dir,
+                                   tfds_split_spec("validation", info.num_eval, pi, pc))
         paths = None
     else:
         _, split = _splits(data)

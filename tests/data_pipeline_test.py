@@ -1,4 +1,4 @@
-"""Tests of faq_jax.input_pipeline on real data: a miniature ILSVRC2012 built by the real TFDS
+"""Tests of faq_jax.data.pipeline on real data: a miniature ILSVRC2012 built by the real TFDS
 builder, image folders written here, the CIFAR-10 JPEG archive and scikit-learn's digits."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from faq_jax import config_defaults, datasets_digits, datasets_folder, input_pipeline, optim
+from faq_jax import config_defaults, optim
+from faq_jax.data import digits, folder, imagenet, pipeline
 
 CIFAR_ARCHIVE = config_defaults.shared_cifar10_archive(__file__)  # as the CIFAR-10 configs
 SYNSETS = ("n01440764", "n01443537", "n01739381", "n02105855")
@@ -143,7 +144,7 @@ def collect_eval(config, batch_size: int, process_count: int):
     ids, labels, counts = [], [], []
     for p in range(process_count):
         batches = list(
-            input_pipeline.eval_batches(
+            pipeline.eval_batches(
                 config, local_batch_size=batch_size, process_index=p, process_count=process_count
             )
         )
@@ -169,25 +170,25 @@ def assert_same_batches(a, b):
 
 def test_shards_cover_split_once():
     for n, count in ((50_000, 8), (7, 2), (3, 4), (1_281_167, 64)):
-        bounds = [input_pipeline.shard_bounds(n, p, count) for p in range(count)]
+        bounds = [pipeline.shard_bounds(n, p, count) for p in range(count)]
         assert bounds[0][0] == 0 and bounds[-1][1] == n
         assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
         assert max(e - s for s, e in bounds) - min(e - s for s, e in bounds) <= 1
-    assert input_pipeline.tfds_split_spec("validation", 50_000, 1, 2) == "validation[25000:50000]"
+    assert pipeline.tfds_split_spec("validation", 50_000, 1, 2) == "validation[25000:50000]"
     with pytest.raises(ValueError):
-        input_pipeline.shard_bounds(10, 2, 2)
+        pipeline.shard_bounds(10, 2, 2)
 
 
 # ----------------------------------------------------------------------------- imagenet2012
 
 
 def test_imagenet_real_builder(imagenet_config):
-    info = input_pipeline.dataset_info(imagenet_config)
-    assert info == input_pipeline.DatasetInfo(1000, 18, 11, (16, 16, 3))
-    builder = input_pipeline._imagenet(imagenet_config.data.data_dir, "")
+    info = pipeline.dataset_info(imagenet_config)
+    assert info == pipeline.DatasetInfo(1000, 18, 11, (16, 16, 3))
+    builder = imagenet.cached_builder(imagenet_config.data.data_dir, "")
     synset_labels = {builder.info.features["label"].str2int(s) for s in SYNSETS}
     batches = list(
-        itertools.islice(input_pipeline.train_batches(imagenet_config, local_batch_size=4), 9)
+        itertools.islice(pipeline.train_batches(imagenet_config, local_batch_size=4), 9)
     )
     for batch in batches:
         assert batch["image"].shape == (4, 16, 16, 3) and batch["image"].dtype == np.float32
@@ -205,7 +206,7 @@ def test_imagenet_eval_exact_two_processes(imagenet_config):
     np.testing.assert_array_equal(ids1, ids2)
     np.testing.assert_array_equal(labels1, labels2)
     # Labels: validation_labels.txt line k for ILSVRC2012_val_0000000k.JPEG.
-    builder = input_pipeline._imagenet(imagenet_config.data.data_dir, "")
+    builder = imagenet.cached_builder(imagenet_config.data.data_dir, "")
     import tensorflow_datasets as tfds
 
     path = tfds.core.tfds_path("datasets/imagenet2012/validation_labels.txt")
@@ -217,15 +218,15 @@ def test_imagenet_eval_exact_two_processes(imagenet_config):
 def test_imagenet_resume_two_processes(imagenet_config):
     for p in range(2):
         kwargs = dict(local_batch_size=2, process_index=p, process_count=2)  # 4 steps/epoch.
-        full = list(itertools.islice(input_pipeline.train_batches(imagenet_config, **kwargs), 9))
-        resumed = input_pipeline.train_batches(imagenet_config, start_step=3, **kwargs)
+        full = list(itertools.islice(pipeline.train_batches(imagenet_config, **kwargs), 9))
+        resumed = pipeline.train_batches(imagenet_config, start_step=3, **kwargs)
         assert_same_batches(full[3:], list(itertools.islice(resumed, 6)))
 
 
 def test_imagenet_missing_archives(tmp_path):
     config = make_config(manual_dir=str(tmp_path / "nothing"), data_dir=str(tmp_path / "tfds"))
     with pytest.raises(FileNotFoundError) as error:
-        input_pipeline.dataset_info(config)
+        pipeline.dataset_info(config)
     message = str(error.value)
     for expected in (
         "ILSVRC2012_img_train.tar",
@@ -241,9 +242,9 @@ def test_imagenet_missing_archives(tmp_path):
 
 
 def test_folder_classes_and_batches(folder_config):
-    info = input_pipeline.dataset_info(folder_config)
-    assert info == input_pipeline.DatasetInfo(3, 15, 7, (16, 16, 3))
-    train, _ = input_pipeline._splits(folder_config.data)
+    info = pipeline.dataset_info(folder_config)
+    assert info == pipeline.DatasetInfo(3, 15, 7, (16, 16, 3))
+    train, _ = pipeline._splits(folder_config.data)
     assert train.classes == ("cat", "dog", "fox")
     assert [os.path.basename(p) for p in train.paths[:5]] == [
         "000.jpeg",
@@ -252,7 +253,7 @@ def test_folder_classes_and_batches(folder_config):
         "003.jpeg",
         "004.jpeg",
     ]
-    batches = itertools.islice(input_pipeline.train_batches(folder_config, local_batch_size=5), 3)
+    batches = itertools.islice(pipeline.train_batches(folder_config, local_batch_size=5), 3)
     seen = []
     for batch in batches:
         ids = decoded_ids(batch, folder_config)
@@ -273,15 +274,15 @@ def test_folder_eval_exact_two_processes(folder_config):
 def test_folder_resume_and_global_order(folder_config):
     # 15 images, global batch 4: 3 steps/epoch; resume across two epoch boundaries.
     full = list(
-        itertools.islice(input_pipeline.train_batches(folder_config, local_batch_size=4), 8)
+        itertools.islice(pipeline.train_batches(folder_config, local_batch_size=4), 8)
     )
-    resumed = input_pipeline.train_batches(folder_config, local_batch_size=4, start_step=2)
+    resumed = pipeline.train_batches(folder_config, local_batch_size=4, start_step=2)
     assert_same_batches(full[2:], list(itertools.islice(resumed, 6)))
     # Two processes of batch 2 see, together, the global batches of one process of batch 4.
     halves = [
         list(
             itertools.islice(
-                input_pipeline.train_batches(
+                pipeline.train_batches(
                     folder_config,
                     local_batch_size=2,
                     process_index=p,
@@ -296,7 +297,7 @@ def test_folder_resume_and_global_order(folder_config):
     for step in range(4):
         merged = np.concatenate([halves[p][step]["image"] for p in range(2)])
         np.testing.assert_array_equal(merged, full[1 + step]["image"])
-    calibration = input_pipeline.calibration_batches(
+    calibration = pipeline.calibration_batches(
         folder_config, local_batch_size=4, num_batches=2
     )
     assert_same_batches(list(calibration), full[:2])
@@ -314,25 +315,25 @@ def test_folder_corrupt_jpeg_names_file(folder_config, tmp_path):
         name="folder", train_dir=str(root), eval_dir=str(root), image_size=16, eval_resize=16
     )
     with pytest.raises(ValueError, match="Cannot decode image") as error:
-        list(input_pipeline.eval_batches(config, local_batch_size=2))
+        list(pipeline.eval_batches(config, local_batch_size=2))
     assert str(root / "a" / "2.jpg") in str(error.value)  # The first bad file met.
     with pytest.raises(ValueError, match="Cannot decode image.*jpg"):
-        list(itertools.islice(input_pipeline.train_batches(config, local_batch_size=2), 6))
+        list(itertools.islice(pipeline.train_batches(config, local_batch_size=2), 6))
     id_image(2).save(root / "a" / "2.jpg")  # Repaired: the truncated JPEG is next.
-    input_pipeline._cached_splits.cache_clear()
+    pipeline._cached_splits.cache_clear()
     with pytest.raises(ValueError, match="Cannot decode image") as error:
-        list(input_pipeline.eval_batches(config, local_batch_size=2))
+        list(pipeline.eval_batches(config, local_batch_size=2))
     assert str(root / "b" / "1.jpg") in str(error.value)
 
 
 def test_folder_missing_or_empty(tmp_path):
     missing = make_config(name="folder", train_dir=str(tmp_path / "nope"), eval_dir="x")
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nope")):
-        input_pipeline.dataset_info(missing)
+        pipeline.dataset_info(missing)
     (tmp_path / "empty" / "cls").mkdir(parents=True)
     empty = make_config(name="folder", train_dir=str(tmp_path / "empty"), eval_dir="x")
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "empty")):
-        input_pipeline.dataset_info(empty)
+        pipeline.dataset_info(empty)
 
 
 @pytest.mark.skipif(not os.path.exists(CIFAR_ARCHIVE), reason="CIFAR-10 archive missing")
@@ -340,23 +341,23 @@ def test_cifar10_from_archive():
     config = make_config(
         name="cifar10",
         archive=CIFAR_ARCHIVE,
-        cache_dir=datasets_folder.default_cache_dir(),
+        cache_dir=folder.default_cache_dir(),
         image_size=32,
         eval_resize=32,
         augment="cifar",
         val_per_class=500,
         dtype="bfloat16",
     )
-    info = input_pipeline.dataset_info(config)
-    assert info == input_pipeline.DatasetInfo(10, 45_000, 5_000, (32, 32, 3))
-    _, evaluation = input_pipeline._splits(config.data)
+    info = pipeline.dataset_info(config)
+    assert info == pipeline.DatasetInfo(10, 45_000, 5_000, (32, 32, 3))
+    _, evaluation = pipeline._splits(config.data)
     assert os.path.basename(evaluation.paths[0]) == "4500.jpg"  # Last 500 of 5000 per class.
-    batch = next(input_pipeline.train_batches(config, local_batch_size=8))
+    batch = next(pipeline.train_batches(config, local_batch_size=8))
     assert batch["image"].shape == (8, 32, 32, 3) and batch["image"].dtype.name == "bfloat16"
     assert batch["label"].shape == (8,) and batch["label"].dtype == np.int32
-    batch = next(input_pipeline.eval_batches(config, local_batch_size=8))
+    batch = next(pipeline.eval_batches(config, local_batch_size=8))
     assert batch["image"].shape == (8, 32, 32, 3) and batch["mask"].all()
-    assert input_pipeline.num_eval_batches(config, local_batch_size=8, process_count=3) == 209
+    assert pipeline.num_eval_batches(config, local_batch_size=8, process_count=3) == 209
 
 
 # ----------------------------------------------------------------------------- digits
@@ -365,11 +366,11 @@ def test_cifar10_from_archive():
 def test_digits_is_numpy_only():
     code = (
         "import sys, itertools, ml_collections\n"
-        "from faq_jax import input_pipeline\n"
-        "from tests.input_pipeline_test import make_config\n"
+        "from faq_jax.data import pipeline\n"
+        "from tests.data_pipeline_test import make_config\n"
         "c = make_config(name='digits', image_size=16)\n"
-        "b = next(input_pipeline.train_batches(c, local_batch_size=8))\n"
-        "e = list(input_pipeline.eval_batches(c, local_batch_size=64))\n"
+        "b = next(pipeline.train_batches(c, local_batch_size=8))\n"
+        "e = list(pipeline.eval_batches(c, local_batch_size=64))\n"
         "assert b['image'].shape == (8, 16, 16, 3), b['image'].shape\n"
         "assert 'tensorflow' not in sys.modules\n"
     )
@@ -380,13 +381,13 @@ def test_digits_is_numpy_only():
 
 def test_digits_splits_eval_and_resume():
     config = make_config(name="digits", image_size=8)
-    info = input_pipeline.dataset_info(config)
-    assert info == input_pipeline.DatasetInfo(10, 1497, 300, (8, 8, 3))
+    info = pipeline.dataset_info(config)
+    assert info == pipeline.DatasetInfo(10, 1497, 300, (8, 8, 3))
     for process_count in (1, 2):
         images, labels, counts = [], [], []
         for p in range(process_count):
             batches = list(
-                input_pipeline.eval_batches(
+                pipeline.eval_batches(
                     config, local_batch_size=64, process_index=p, process_count=process_count
                 )
             )
@@ -394,12 +395,12 @@ def test_digits_splits_eval_and_resume():
             images.extend(b["image"][b["mask"]] for b in batches)
             labels.extend(b["label"][b["mask"]] for b in batches)
         assert len(set(counts)) == 1
-        eval_y = datasets_digits.load().eval_y
+        eval_y = digits.load().eval_y
         np.testing.assert_array_equal(np.concatenate(labels), eval_y)
         assert np.concatenate(images).shape == (300, 8, 8, 3)
     assert np.bincount(eval_y).tolist() == [30] * 10
-    full = list(itertools.islice(input_pipeline.train_batches(config, local_batch_size=500), 7))
-    resumed = input_pipeline.train_batches(config, local_batch_size=500, start_step=2)
+    full = list(itertools.islice(pipeline.train_batches(config, local_batch_size=500), 7))
+    resumed = pipeline.train_batches(config, local_batch_size=500, start_step=2)
     assert_same_batches(full[2:], list(itertools.islice(resumed, 5)))
     assert not np.array_equal(full[0]["image"], full[2]["image"])  # Epochs reshuffle.
 
@@ -409,23 +410,23 @@ def test_accumulated_micro_batches_hold_one_batch_in_every_epoch():
     the schedule's epoch lengths every optimizer step sees the same 32 examples, in every
     epoch and after a resume."""
     c = config_defaults.default_config()  # digits, no augmentation
-    n = input_pipeline.dataset_info(c).num_train
+    n = pipeline.dataset_info(c).num_train
     sched = optim.BatchSchedule(num_train=n, num_epochs=3, micro=16, sizes=((0, 32),))
     assert n // 16 > sched.steps_in_epoch(0) * sched.accum(0)  # a leftover micro-batch
 
     def lengths(e):
         return sched.steps_in_epoch(e) * sched.accum(e)
 
-    big = input_pipeline.train_batches(c, local_batch_size=32)
+    big = pipeline.train_batches(c, local_batch_size=32)
     small = list(itertools.islice(
-        input_pipeline.train_batches(c, local_batch_size=16, epoch_steps=lengths),
+        pipeline.train_batches(c, local_batch_size=16, epoch_steps=lengths),
         2 * sched.total_steps()))
     for step in range(sched.total_steps()):
         b = next(big)
         for k in ("image", "label"):
             np.testing.assert_array_equal(
                 b[k], np.concatenate([small[2 * step][k], small[2 * step + 1][k]]))
-    resumed = input_pipeline.train_batches(c, local_batch_size=16, epoch_steps=lengths,
+    resumed = pipeline.train_batches(c, local_batch_size=16, epoch_steps=lengths,
                                            start_step=95)
     for want in small[95:99]:
         np.testing.assert_array_equal(next(resumed)["label"], want["label"])
@@ -437,29 +438,29 @@ def test_tilde_in_data_paths_is_expanded(folder_config, imagenet_config, monkeyp
     monkeypatch.setenv("HOME", str(root))
     tilde = make_config(name="folder", train_dir="~/train", eval_dir="~/eval", image_size=16,
                         eval_resize=18)
-    assert input_pipeline.dataset_info(tilde) == input_pipeline.dataset_info(folder_config)
-    want = input_pipeline.dataset_info(imagenet_config)  # builds it (manual_dir) if needed
+    assert pipeline.dataset_info(tilde) == pipeline.dataset_info(folder_config)
+    want = pipeline.dataset_info(imagenet_config)  # builds it (manual_dir) if needed
     tfds_dir = pathlib.Path(imagenet_config.data.data_dir)
     monkeypatch.setenv("HOME", str(tfds_dir.parent))
     tilde = make_config(data_dir=f"~/{tfds_dir.name}", image_size=16, eval_resize=20)
-    assert input_pipeline.dataset_info(tilde) == want
+    assert pipeline.dataset_info(tilde) == want
 
 
 def test_imagenet_older_build_is_used(imagenet_config, tmp_path):
     """A build of imagenet2012 5.0.0 (the same train/validation) is found, not rebuilt."""
-    want = input_pipeline.dataset_info(imagenet_config)  # builds it (manual_dir) if needed
+    want = pipeline.dataset_info(imagenet_config)  # builds it (manual_dir) if needed
     src = pathlib.Path(imagenet_config.data.data_dir) / "imagenet2012"
     (version,) = [p for p in src.iterdir() if p.is_dir()]
     shutil.copytree(version, tmp_path / "imagenet2012" / "5.0.0")
     old = make_config(data_dir=str(tmp_path), image_size=16, eval_resize=20)
-    assert input_pipeline.dataset_info(old) == want
+    assert pipeline.dataset_info(old) == want
     ids, _, _ = collect_eval(old, 4, 1)
     assert sorted(ids) == list(range(1, 12))
 
 
 def test_decoding_matches_pil_rgb_conversion(tmp_path):
     """Alpha dropped, grayscale replicated, as PIL's convert("RGB") that torchvision uses."""
-    from faq_jax import preprocess  # noqa: PLC0415 - loads TensorFlow
+    from faq_jax.data import preprocess  # noqa: PLC0415 - loads TensorFlow
 
     rng = np.random.default_rng(0)
     rgba = Image.fromarray(rng.integers(0, 256, (7, 9, 4), dtype=np.uint8), "RGBA")
@@ -478,17 +479,17 @@ def test_palette_bmp_is_refused_when_listing(tmp_path):
         id_image(1).save(tmp_path / cls / "x.bmp")  # 24-bit: fine
     id_image(2).convert("P").save(tmp_path / "b" / "y.bmp")  # 8-bit palette
     with pytest.raises(ValueError, match="palette BMP.*y.bmp"):
-        datasets_folder.list_image_folder(str(tmp_path))
+        folder.list_image_folder(str(tmp_path))
 
 
 def test_digits_augmentation_is_the_same_for_any_process_count():
     c = config_defaults.default_config()
     c.data.augment = "cifar"  # for digits: a random shift of up to 1 pixel
-    one = next(input_pipeline.train_batches(c, local_batch_size=8))
-    two = [next(input_pipeline.train_batches(c, local_batch_size=4, process_index=p,
+    one = next(pipeline.train_batches(c, local_batch_size=8))
+    two = [next(pipeline.train_batches(c, local_batch_size=4, process_index=p,
                                              process_count=2)) for p in (0, 1)]
     for k in ("image", "label"):
         np.testing.assert_array_equal(one[k], np.concatenate([t[k] for t in two]))
     plain = config_defaults.default_config()
-    assert not np.array_equal(next(input_pipeline.train_batches(
+    assert not np.array_equal(next(pipeline.train_batches(
         plain, local_batch_size=8))["image"], one["image"])  # the shifts did something

@@ -14,7 +14,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from faq_jax import config_check, config_defaults, datasets_cifar, input_pipeline
+from faq_jax import config_check, config_defaults
+from faq_jax.data import cifar10, pipeline
 
 TRAIN_PER_BATCH, NUM_TEST = 4, 7  # 20 training images (2 per class), 7 test images.
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -35,7 +36,7 @@ def to_rows(images: np.ndarray) -> np.ndarray:
 
 def named(batches, test):
     """(file name, (images, labels)) of data_batch_1..5 and test_batch."""
-    return [*zip(datasets_cifar.TRAIN_BATCHES, batches, strict=True), ("test_batch", test)]
+    return [*zip(cifar10.TRAIN_BATCHES, batches, strict=True), ("test_batch", test)]
 
 
 def write_python(path, batches, test) -> None:
@@ -47,7 +48,7 @@ def write_python(path, batches, test) -> None:
                      b"filenames": [f"img_{name}_{k}.png".encode() for k in range(len(y))]}
             add_file(tar, f"cifar-10-batches-py/{name}", pickle.dumps(batch, protocol=2))
         meta = {b"num_cases_per_batch": TRAIN_PER_BATCH, b"num_vis": 3072,
-                b"label_names": [n.encode() for n in datasets_cifar.CLASSES]}
+                b"label_names": [n.encode() for n in cifar10.CLASSES]}
         add_file(tar, "cifar-10-batches-py/batches.meta", pickle.dumps(meta, protocol=2))
         add_file(tar, "cifar-10-batches-py/readme.html", b"<html></html>")
 
@@ -58,7 +59,7 @@ def write_binary(path, batches, test) -> None:
         for name, (x, y) in named(batches, test):
             records = np.concatenate([y.astype(np.uint8)[:, None], to_rows(x)], axis=1)
             add_file(tar, f"cifar-10-batches-bin/{name}.bin", records.tobytes())
-        names = "\n".join(datasets_cifar.CLASSES) + "\n\n"  # As the real file: blank lines.
+        names = "\n".join(cifar10.CLASSES) + "\n\n"  # As the real file: blank lines.
         add_file(tar, "cifar-10-batches-bin/batches.meta.txt", names.encode())
 
 
@@ -95,7 +96,7 @@ def normalised(x: np.ndarray) -> np.ndarray:
 def eval_arrays(config, batch_size=3, process_count=1):
     images, labels = [], []
     for p in range(process_count):
-        for b in input_pipeline.eval_batches(config, local_batch_size=batch_size,
+        for b in pipeline.eval_batches(config, local_batch_size=batch_size,
                                              process_index=p, process_count=process_count):
             images.append(b["image"][b["mask"]])
             labels.append(b["label"][b["mask"]])
@@ -104,20 +105,20 @@ def eval_arrays(config, batch_size=3, process_count=1):
 
 def test_python_and_binary_archives_read_exactly(mini):
     for key, fmt in (("python", "python"), ("binary", "binary")):
-        assert datasets_cifar.archive_format(mini[key]) == fmt
-        train, test = datasets_cifar.read_archive(mini[key])
+        assert cifar10.archive_format(mini[key]) == fmt
+        train, test = cifar10.read_archive(mini[key])
         np.testing.assert_array_equal(train.images, mini["train_x"])  # data_batch_1..5 order
         np.testing.assert_array_equal(train.labels, mini["train_y"])
         np.testing.assert_array_equal(test.images, mini["test_x"])
         np.testing.assert_array_equal(test.labels, mini["test_y"])
         assert train.images.dtype == np.uint8 and train.labels.dtype == np.int32
-        assert train.classes == datasets_cifar.CLASSES
+        assert train.classes == cifar10.CLASSES
 
 
 def test_python_archive_through_the_pipeline(mini):
     config = cifar_config(archive=mini["python"])
-    info = input_pipeline.dataset_info(config)
-    assert info == input_pipeline.DatasetInfo(10, 20, NUM_TEST, (32, 32, 3))
+    info = pipeline.dataset_info(config)
+    assert info == pipeline.DatasetInfo(10, 20, NUM_TEST, (32, 32, 3))
     # Evaluation (no augmentation) is the normalised test_batch, in order, on 1 or 2 hosts.
     for process_count in (1, 2):
         images, labels = eval_arrays(config, process_count=process_count)
@@ -125,7 +126,7 @@ def test_python_archive_through_the_pipeline(mini):
         np.testing.assert_array_equal(labels, mini["test_y"])
     # Training without augmentation: one epoch (5 batches of 4) is all 20 images, once.
     plain = cifar_config(archive=mini["python"], augment="none")
-    batches = list(itertools.islice(input_pipeline.train_batches(plain, local_batch_size=4), 5))
+    batches = list(itertools.islice(pipeline.train_batches(plain, local_batch_size=4), 5))
     want = normalised(mini["train_x"])
     seen = []
     for b in batches:
@@ -135,8 +136,8 @@ def test_python_archive_through_the_pipeline(mini):
             seen.append(k)
     assert sorted(seen) == list(range(20))
     # Augmented training resumes exactly across epoch boundaries.
-    full = list(itertools.islice(input_pipeline.train_batches(config, local_batch_size=4), 8))
-    resumed = input_pipeline.train_batches(config, local_batch_size=4, start_step=3)
+    full = list(itertools.islice(pipeline.train_batches(config, local_batch_size=4), 8))
+    resumed = pipeline.train_batches(config, local_batch_size=4, start_step=3)
     for want_batch in full[3:]:
         got = next(resumed)
         for key in ("image", "label"):
@@ -147,15 +148,15 @@ def test_python_archive_through_the_pipeline(mini):
 def test_validation_carve_and_formats_are_interchangeable(mini):
     python = cifar_config(archive=mini["python"], eval_split="val", val_per_class=1)
     binary = cifar_config(archive=mini["binary"], eval_split="val", val_per_class=1)
-    assert input_pipeline.dataset_info(python) == input_pipeline.DatasetInfo(10, 10, 10,
+    assert pipeline.dataset_info(python) == pipeline.DatasetInfo(10, 10, 10,
                                                                            (32, 32, 3))
     held = [np.nonzero(mini["train_y"] == c)[0][-1] for c in range(10)]  # last of each class
     images, labels = eval_arrays(python)
     np.testing.assert_allclose(images, normalised(mini["train_x"][sorted(held)]), atol=1e-5)
     np.testing.assert_array_equal(labels, mini["train_y"][sorted(held)])
     # Same pixels, same order: the two archives give the same augmented batches.
-    for a, b in zip(itertools.islice(input_pipeline.train_batches(python, local_batch_size=5), 3),
-                    itertools.islice(input_pipeline.train_batches(binary, local_batch_size=5), 3),
+    for a, b in zip(itertools.islice(pipeline.train_batches(python, local_batch_size=5), 3),
+                    itertools.islice(pipeline.train_batches(binary, local_batch_size=5), 3),
                     strict=True):
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["label"], b["label"])
@@ -163,7 +164,7 @@ def test_validation_carve_and_formats_are_interchangeable(mini):
 
 def test_uint8_and_encoded_images_share_the_augmentation(mini):
     """The array route draws the same crops and flips as the JPEG route's decoded pixels."""
-    from faq_jax import preprocess  # noqa: PLC0415 - loads TensorFlow
+    from faq_jax.data import preprocess  # noqa: PLC0415 - loads TensorFlow
 
     tf = preprocess.tf
     image = mini["train_x"][0]
@@ -185,7 +186,7 @@ def test_corrupt_archives_name_the_file(mini, tmp_path):
     garbage.write_bytes(b"this is not an archive" * 10)
     for path in (truncated, garbage):
         with pytest.raises(ValueError, match="truncated") as error:
-            input_pipeline.dataset_info(cifar_config(archive=str(path)))
+            pipeline.dataset_info(cifar_config(archive=str(path)))
         assert str(path) in str(error.value) and "config.data.archive" in str(error.value)
     # A batch that does not unpickle, and a missing batch: both named.
     bad_batch, missing = tmp_path / "bad-batch.tar.gz", tmp_path / "missing.tar.gz"
@@ -200,9 +201,9 @@ def test_corrupt_archives_name_the_file(mini, tmp_path):
             if not member.name.endswith("data_batch_5"):
                 add_file(short, member.name, data)
     with pytest.raises(ValueError, match=f"{bad_batch}.*data_batch_3 is not a CIFAR-10 batch"):
-        datasets_cifar.read_archive(str(bad_batch))
+        cifar10.read_archive(str(bad_batch))
     with pytest.raises(ValueError, match=f"{missing}.*lacks cifar-10-batches-py/data_batch_5"):
-        input_pipeline.dataset_info(cifar_config(archive=str(missing)))
+        pipeline.dataset_info(cifar_config(archive=str(missing)))
 
 
 def test_config_check_names_field_and_fix(mini, tmp_path):
@@ -227,30 +228,30 @@ def test_config_check_names_field_and_fix(mini, tmp_path):
 def test_jpeg_test_split():
     data = dict(archive=JPEG_ARCHIVE, test_archive=JPEG_TEST_ARCHIVE, val_per_class=0)
     config = cifar_config(**data)
-    datasets_cifar.check_archives(config.data)
-    info = input_pipeline.dataset_info(config)
-    assert info == input_pipeline.DatasetInfo(10, 50_000, 10_000, (32, 32, 3))
-    _, test = input_pipeline._splits(config.data)
+    cifar10.check_archives(config.data)
+    info = pipeline.dataset_info(config)
+    assert info == pipeline.DatasetInfo(10, 50_000, 10_000, (32, 32, 3))
+    _, test = pipeline._splits(config.data)
     assert np.bincount(test.labels).tolist() == [1000] * 10
     assert test.paths[0].endswith(os.path.join("test", "airplane", "0000.jpg"))
-    assert input_pipeline.num_eval_batches(config, local_batch_size=512, process_count=3) == 7
-    batch = next(input_pipeline.eval_batches(config, local_batch_size=8))
+    assert pipeline.num_eval_batches(config, local_batch_size=512, process_count=3) == 7
+    batch = next(pipeline.eval_batches(config, local_batch_size=8))
     assert batch["mask"].all() and (batch["label"] == 0).all()
     # The test archive's errors name config.data.test_archive and the fix.
     for wrong, why in (("", "is empty"), (JPEG_ARCHIVE, "not the JPEG test archive"),
                        ("/no/such.tar.gz", "no such file")):
         bad = cifar_config(**{**data, "test_archive": wrong})
         with pytest.raises(ValueError, match=f"config.data.test_archive.*{why}.*eval_split='val'"):
-            datasets_cifar.check_archives(bad.data)
+            cifar10.check_archives(bad.data)
     with pytest.raises(ValueError, match="config.data.archive.*JPEG test archive"):
-        datasets_cifar.check_archives(cifar_config(archive=JPEG_TEST_ARCHIVE).data)
+        cifar10.check_archives(cifar_config(archive=JPEG_TEST_ARCHIVE).data)
 
 
 def test_tfds_cifar10_prepared_offline_from_a_miniature_binary_archive(mini, tmp_path):
     """TFDS's own builder prepares cifar10 from the miniature binary archive without network:
     the archive sits in TFDS's download cache under the name TFDS gives the official URL's
     download (url + registered sha256), which TFDS trusts without re-hashing."""
-    from faq_jax import lazy_imports, prepare_cifar10  # noqa: PLC0415 - loads TensorFlow
+    from faq_jax import lazy_imports  # noqa: PLC0415 - loads TensorFlow
 
     tfds = lazy_imports.tensorflow_datasets()
     from tensorflow_datasets.core.download import download_manager  # noqa: PLC0415
@@ -258,34 +259,34 @@ def test_tfds_cifar10_prepared_offline_from_a_miniature_binary_archive(mini, tmp
 
     data_dir = tmp_path / "tfds"
     config = cifar_config(source="tfds", data_dir=str(data_dir))
-    with pytest.raises(FileNotFoundError, match="not prepared.*prepare_cifar10"):
-        input_pipeline.dataset_info(config)
+    with pytest.raises(FileNotFoundError, match="not prepared.*faq_jax.data cifar10"):
+        pipeline.dataset_info(config)
     # manual_dir: TFDS checks the file against the official archive's size and sha256.
     manual = tmp_path / "manual"
     manual.mkdir()
-    (manual / prepare_cifar10.ARCHIVE).write_bytes(open(mini["binary"], "rb").read())
+    (manual / cifar10.ARCHIVE).write_bytes(open(mini["binary"], "rb").read())
     with pytest.raises(download_manager.NonMatchingChecksumError, match=str(manual)):
-        prepare_cifar10.builder(str(tmp_path / "tfds_manual"), str(manual))
+        cifar10.tfds_builder(str(tmp_path / "tfds_manual"), str(manual))
     # The download cache: what a finished download of the official URL leaves behind.
-    url_info = tfds.builder("cifar10").url_infos[prepare_cifar10.URL]
+    url_info = tfds.builder("cifar10").url_infos[cifar10.URL]
     cached = tfds.core.Path(data_dir, "downloads", "cifar10",
-                            resource_lib.get_dl_fname(prepare_cifar10.URL, url_info.checksum))
+                            resource_lib.get_dl_fname(cifar10.URL, url_info.checksum))
     cached.parent.mkdir(parents=True)
     cached.write_bytes(open(mini["binary"], "rb").read())
-    resource_lib.write_info_file(url=prepare_cifar10.URL, path=cached, dataset_name="cifar10",
-                                 original_fname=prepare_cifar10.ARCHIVE, url_info=url_info)
-    prepare_cifar10.main(["--data_dir", str(data_dir)])
-    assert input_pipeline.dataset_info(config) == input_pipeline.DatasetInfo(
+    resource_lib.write_info_file(url=cifar10.URL, path=cached, dataset_name="cifar10",
+                                 original_fname=cifar10.ARCHIVE, url_info=url_info)
+    cifar10.main(["--data_dir", str(data_dir)])
+    assert pipeline.dataset_info(config) == pipeline.DatasetInfo(
         10, 20, NUM_TEST, (32, 32, 3))
-    train, test = input_pipeline._splits(config.data)  # Back in data_batch_1..5 order.
+    train, test = pipeline._splits(config.data)  # Back in data_batch_1..5 order.
     np.testing.assert_array_equal(train.images, mini["train_x"])
     np.testing.assert_array_equal(train.labels, mini["train_y"])
     images, labels = eval_arrays(config)
     np.testing.assert_allclose(images, normalised(mini["test_x"]), atol=1e-5)
     np.testing.assert_array_equal(labels, mini["test_y"])
     archive = cifar_config(archive=mini["python"])
-    for a, b in zip(itertools.islice(input_pipeline.train_batches(config, local_batch_size=4), 6),
-                    itertools.islice(input_pipeline.train_batches(archive, local_batch_size=4), 6),
+    for a, b in zip(itertools.islice(pipeline.train_batches(config, local_batch_size=4), 6),
+                    itertools.islice(pipeline.train_batches(archive, local_batch_size=4), 6),
                     strict=True):
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["label"], b["label"])

@@ -5,13 +5,24 @@ The python (``cifar-10-python.tar.gz``) and binary (``cifar-10-binary.tar.gz``) 
 TFDS hold the same lossless pixels, labels and order (``data_batch_1..5``, then
 ``test_batch``; TFDS examples are put back into that order by their ``id``), read here into
 uint8 arrays (:class:`ArraySplit`). The JPEG archives are extracted and listed as image
-folders (:class:`faq_jax.datasets_folder.FileSplit`). Either kind goes through the same
-augmentation and normalisation in :mod:`faq_jax.input_pipeline`. No TensorFlow here except
+folders (:class:`faq_jax.data.folder.FileSplit`). Either kind goes through the same
+augmentation and normalisation in :mod:`faq_jax.data.pipeline`. No TensorFlow here except
 for the TFDS source.
+
+TFDS's builder downloads ``https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz`` (the
+*binary* format). Offline, TFDS takes that file from a ``manual_dir`` instead
+(``DownloadConfig(manual_dir=...)``), after checking its size and sha256 against the ones
+TFDS registers for the URL. Usage, once, on storage every host can read::
+
+    python -m faq_jax.data cifar10 --data_dir /data/tfds                        # downloads
+    python -m faq_jax.data cifar10 --data_dir /data/tfds --manual_dir /data/cifar  # offline
+
+then set ``config.data.source=tfds`` and ``config.data.data_dir`` to the same folder.
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import pickle
@@ -21,7 +32,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from faq_jax import datasets_folder
+from faq_jax import lazy_imports
+from faq_jax.data import folder
 
 # Label order of every CIFAR-10 form (alphabetical, so also the JPEG archives' folder order).
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
@@ -34,9 +46,11 @@ FORMATS = {"cifar-10-batches-py": "python", "cifar-10-batches-bin": "binary",
            "train": "jpeg", "test": "jpeg_test"}
 SOURCES = ("archive", "tfds")  # config.data.source
 EVAL_SPLITS = ("val", "test")  # config.data.eval_split
+URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+ARCHIVE = "cifar-10-binary.tar.gz"  # what TFDS builds cifar10 from
 _RECORD = 1 + 3072  # Binary format: one label byte, then the R, G, B planes (32x32 each).
 
-Split = Any  # datasets_folder.FileSplit | ArraySplit
+Split = Any  # folder.FileSplit | ArraySplit
 
 
 class ArraySplit(NamedTuple):
@@ -232,8 +246,8 @@ def _jpeg_test(test_archive: str, cache_dir: str, classes: tuple[str, ...]) -> S
     if fmt != "jpeg_test":
         raise _bad(field, test_archive, f"a {fmt} archive; expected the JPEG test archive "
                    "cifar10-test-jpeg.tar.gz (test/<class>/NNNN.jpg).")
-    root = os.path.join(datasets_folder.extract_once(test_archive, cache_dir, field), "test")
-    test = datasets_folder.list_image_folder(root, classes=classes)
+    root = os.path.join(folder.extract_once(test_archive, cache_dir, field), "test")
+    test = folder.list_image_folder(root, classes=classes)
     if set(test.labels.tolist()) != set(range(len(classes))):
         raise _bad(field, test_archive, "some CIFAR-10 classes have no test image.")
     return test
@@ -256,12 +270,10 @@ def splits(*, source: str, archive: str, test_archive: str, cache_dir: str, data
     """
     fmt = "tfds" if source == "tfds" else archive_format(archive)
     if fmt == "tfds":
-        from faq_jax import prepare_cifar10
-
-        train, test = prepare_cifar10.arrays(data_dir, manual_dir)
+        train, test = tfds_arrays(data_dir, manual_dir)
     elif fmt == "jpeg":
-        root = os.path.join(datasets_folder.extract_once(archive, cache_dir), "train")
-        train = datasets_folder.list_image_folder(root)
+        root = os.path.join(folder.extract_once(archive, cache_dir), "train")
+        train = folder.list_image_folder(root)
         if train.classes != CLASSES:
             raise _bad("config.data.archive", archive, f"classes {train.classes}, not CIFAR-10's")
         test = _jpeg_test(test_archive, cache_dir, train.classes) if eval_split == "test" else None
@@ -273,5 +285,74 @@ def splits(*, source: str, archive: str, test_archive: str, cache_dir: str, data
                    "config.data.test_archive to this one.")
     if eval_split == "test":
         return train, test
-    return datasets_folder.split_last_per_class(train, val_per_class)
+    return folder.split_last_per_class(train, val_per_class)
 
+
+# ---- TFDS cifar10 ----
+
+def tfds_builder(data_dir: str = "", manual_dir: str = "", download: bool = False) -> Any:
+    """The prepared TFDS ``cifar10`` builder, built first from ``manual_dir`` if needed.
+
+    Args:
+      data_dir: TFDS data_dir ("" = the TFDS default).
+      manual_dir: folder holding the official ``cifar-10-binary.tar.gz``.
+      download: if not prepared and ``manual_dir`` is empty, download (needs internet).
+
+    Raises:
+      FileNotFoundError: not prepared, and no archive to build it from (and no download).
+    """
+    tfds = lazy_imports.tensorflow_datasets()
+    data_dir = os.path.expanduser(data_dir) if data_dir else ""
+    manual_dir = os.path.expanduser(manual_dir) if manual_dir else ""
+    cifar = tfds.builder("cifar10", data_dir=data_dir or None)
+    if cifar.is_prepared():
+        return cifar
+    if manual_dir and os.path.isfile(os.path.join(manual_dir, ARCHIVE)):
+        config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    elif download:
+        config = None
+    else:
+        where = f"manual_dir={manual_dir!r}" if manual_dir else "config.data.manual_dir (empty)"
+        raise FileNotFoundError(
+            f"TFDS 'cifar10' is not prepared in config.data.data_dir="
+            f"{data_dir or '<TFDS default>'!r}, and {ARCHIVE} is not in {where}. Either run "
+            "`python -m faq_jax.data cifar10 --data_dir DIR` on a machine with internet "
+            f"(or download {URL} into a folder and add `--manual_dir FOLDER`), then point "
+            "config.data.data_dir at DIR; or read an archive directly: "
+            "config.data.source='archive', config.data.archive=cifar-10-python.tar.gz, "
+            "cifar-10-binary.tar.gz or cifar10-jpeg.tar.gz.")
+    cifar.download_and_prepare(download_config=config)
+    return cifar
+
+
+def tfds_arrays(data_dir: str = "", manual_dir: str = "") -> tuple[ArraySplit, ...]:
+    """``(train, test)`` of TFDS ``cifar10`` as uint8 arrays, in the archive's order.
+
+    TFDS stores the examples shuffled; its ``id`` (``train_00042``: the 43rd image of
+    ``data_batch_1..5``) puts them back, so the splits equal the archives' arrays.
+    """
+    tfds = lazy_imports.tensorflow_datasets()
+    cifar = tfds_builder(data_dir, manual_dir)
+    names = tuple(cifar.info.features["label"].names)
+    if names != CLASSES:
+        raise ValueError(f"TFDS cifar10 in {data_dir!r} names the classes {names}.")
+    out = []
+    for split in ("train", "test"):
+        ds = tfds.as_numpy(cifar.as_dataset(split=split, batch_size=-1, shuffle_files=False))
+        order = np.argsort([int(i.rsplit(b"_", 1)[1]) for i in ds["id"]], kind="stable")
+        out.append(ArraySplit(
+            ds["image"][order], ds["label"][order].astype(np.int32), names))
+    return tuple(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m faq_jax.data cifar10 [--data_dir DIR] [--manual_dir DIR]``: prepares TFDS
+    ``cifar10`` once (downloading it, or offline from ``cifar-10-binary.tar.gz``)."""
+    parser = argparse.ArgumentParser(prog="python -m faq_jax.data cifar10",
+                                     description="Prepare TFDS cifar10 (once).")
+    parser.add_argument("--data_dir", default="", help="TFDS data_dir (default: TFDS's)")
+    parser.add_argument("--manual_dir", default="",
+                        help=f"folder with {ARCHIVE} (offline); empty: download it")
+    args = parser.parse_args(argv)
+    info = tfds_builder(args.data_dir, args.manual_dir, download=True).info
+    print({str(k): v.num_examples for k, v in info.splits.items()})

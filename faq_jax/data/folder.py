@@ -1,7 +1,7 @@
 """Image-folder datasets (torchvision ``ImageFolder`` layout), archive extraction, held-out splits.
 
 Pure Python/NumPy file listing: no TensorFlow here. A dataset split is a :class:`FileSplit`
-(paths + labels in torchvision's order); :mod:`faq_jax.input_pipeline` turns it into batches.
+(paths + labels in torchvision's order); :mod:`faq_jax.data.pipeline` turns it into batches.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from typing import NamedTuple, TypeVar
 
 import numpy as np
+
+from faq_jax import lazy_imports
 
 # Formats tf.io.decode_image reads (torchvision also lists .ppm/.pgm/.tif, TF cannot decode).
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
@@ -186,8 +188,6 @@ def extract_once(archive: str, cache_dir: str, field: str = "config.data.archive
 
 def find_undecodable(paths: Sequence[str]) -> list[tuple[str, str]]:
     """``(path, error)`` for every file TensorFlow cannot read or decode (slow; errors only)."""
-    from faq_jax import lazy_imports
-
     tf = lazy_imports.tensorflow()
     bad = []
     for path in paths:

@@ -74,9 +74,9 @@ def runs_of(net: str) -> tuple[str, ...]:
 
 def base_config(net: str, weights: str, norm) -> Any:
     """CIFAR-10 JPEG archives, all 50,000 training images, the 10,000 test images."""
-    from faq_jax import config_defaults
+    from faq_jax.config import defaults
 
-    c = config_defaults.get_base(f"cifar_{net}", 8, 8, dataset="cifar10")
+    c = defaults.get_base(f"cifar_{net}", 8, 8, dataset="cifar10")
     c.num_classes = 10
     c.data.archive = str(SHARED / "cifar10-jpeg.tar.gz")
     c.data.test_archive = str(SHARED / "cifar10-test-jpeg.tar.gz")
@@ -100,7 +100,7 @@ def base_config(net: str, weights: str, norm) -> Any:
 
 def run_config(net: str, name: str, weights: str, adapted: str, norm) -> Any:
     """The config of run ``name`` (see the module docstring)."""
-    from faq_jax import config_defaults
+    from faq_jax.config import defaults
 
     c = base_config(net, weights if name.startswith("fp32") else adapted, norm)
     if name == "fp32_as_is":
@@ -109,19 +109,19 @@ def run_config(net: str, name: str, weights: str, adapted: str, norm) -> Any:
     if name == "fp32_adapted":
         c.quant.enabled, c.stages = False, "pretrain,eval_fp32"
         c.pretrain.num_epochs, c.pretrain.batch_size = ADAPT_EPOCHS, BATCH
-        c.pretrain.optim = config_defaults.optim_config(0.01, "cosine", 1e-4)
+        c.pretrain.optim = defaults.optim_config(0.01, "cosine", 1e-4)
         c.pretrain.optim.final_lr = 0.0
         return c
     c.stages = "calibrate,eval_quant,finetune"
     if name == "w8a8":
         c.num_epochs = 1
-        c.optim = config_defaults.optim_config(1e-4, "constant", 1e-4)
+        c.optim = defaults.optim_config(1e-4, "constant", 1e-4)
         return c
     bits = {"w3a3": 3, "w2a2": 2, "noise_w8": 8, "noise_w2": 2}.get(name, 4)
     c.quant.w_bits = c.quant.a_bits = bits
     c.quant.weight_clip_std = CLIP_K.get(bits, 4.12)
     c.num_epochs = EPOCHS
-    c.optim = config_defaults.optim_config(0.0015, "anneal", 1e-4)
+    c.optim = defaults.optim_config(0.0015, "anneal", 1e-4)
     c.optim.final_lr = 1e-6
     if name == "w4a4_nocalib":
         c.calib.enabled = False
@@ -250,7 +250,8 @@ def run_one(net: str, name: str, wd: pathlib.Path, weights: str, norm, max_steps
     """Runs (or resumes) ``name``; returns its record (summary, predictions file, times)."""
     import jax
 
-    from faq_jax import config_check, models, pretrained, train
+    from faq_jax import converted, models, train
+    from faq_jax.config import check as config_check
 
     rdir = wd / name
     record_path = rdir / "record.json"
@@ -264,7 +265,7 @@ def run_one(net: str, name: str, wd: pathlib.Path, weights: str, norm, max_steps
         result = train.train_and_evaluate(c, str(rdir / "run"))
         variables = jax.device_get(result.pop("variables"))
         if name == "fp32_adapted" and not pathlib.Path(adapted).exists():
-            pretrained.save(adapted, {k: variables[k] for k in ("params", "batch_stats")},
+            converted.save(adapted, {k: variables[k] for k in ("params", "batch_stats")},
                             {"arch": c.arch, "num_classes": 10,
                              "source": f"benchmarks/cifar10_pretrained.py {name}",
                              "input_normalization": {"mean": list(norm[0]),
@@ -340,11 +341,11 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown run(s) {sorted(unknown)} for {args.net}; runs: {runs_of(args.net)}")
     if not args.report:
-        from faq_jax import pretrained
+        from faq_jax import converted
 
         wd.mkdir(parents=True, exist_ok=True)
         weights = convert(args.net, wd)
-        norm = pretrained.input_normalization(weights)
+        norm = converted.input_normalization(weights)
         for name in runs_of(args.net):
             if name in wanted:
                 if name != "fp32_adapted" and not name.startswith("fp32") and \

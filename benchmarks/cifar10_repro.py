@@ -33,7 +33,7 @@ import pathlib
 import time
 from typing import Any
 
-from faq_jax import analysis, pretrained, train
+from faq_jax import analysis, converted, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -120,7 +120,7 @@ def baseline(s: dict[str, Any], workdir: pathlib.Path) -> str:
         c.pretrain.optim.step_epochs = (s["base_epochs"] // 2, 3 * s["base_epochs"] // 4)
     out = train.train_and_evaluate(c, str(workdir / "fp32"))
     if not weights.exists():
-        pretrained.save(weights, {k: out["variables"][k] for k in ("params", "batch_stats")},
+        converted.save(weights, {k: out["variables"][k] for k in ("params", "batch_stats")},
                         {"arch": "resnet20", "num_classes": 10,
                          "source": "benchmarks/cifar10_repro.py fp32 baseline"})
     return str(weights)

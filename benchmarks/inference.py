@@ -83,9 +83,9 @@ def speed(archs: list[str], bits: int, size: int, threads: int, repeats: int) ->
 
 
 def _cifar_config():
-    from faq_jax import config_defaults  # noqa: PLC0415
+    from faq_jax.config import defaults  # noqa: PLC0415
 
-    return config_defaults.cifar10_base(8, 8, config_defaults.shared_cifar10_archive(__file__))
+    return defaults.cifar10_base(8, 8, defaults.shared_cifar10_archive(__file__))
 
 
 def agreement(ckpt: str, bits: int, max_images: int) -> None:

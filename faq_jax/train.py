@@ -71,10 +71,10 @@ def _initial_variables(config: ml_collections.ConfigDict, float_model, quant_mod
     x = jnp.zeros((1, *image_shape), jnp.float32)
     key = jax.random.key(config.seed)
     if config.init == "pretrained" and config.init_checkpoint:
-        from faq_jax import pretrained  # noqa: PLC0415 - only this path needs it
+        from faq_jax import converted  # noqa: PLC0415 - only this path needs it
 
-        loaded = pretrained.load(config.init_checkpoint, arch=config.arch)
-        mismatch = pretrained.normalization_mismatch(config.init_checkpoint, config.data.mean,
+        loaded = converted.load(config.init_checkpoint, arch=config.arch)
+        mismatch = converted.normalization_mismatch(config.init_checkpoint, config.data.mean,
                                                      config.data.std)
         if mismatch:
             logging.warning("%s", mismatch)

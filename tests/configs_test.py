@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from faq_jax import config_check, models, optim
+from faq_jax import models, optim
+from faq_jax.config import check as config_check
 
 ROOT = pathlib.Path(__file__).parent.parent
 CONFIGS = sorted(ROOT.glob("configs/*.py"))

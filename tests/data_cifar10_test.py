@@ -14,13 +14,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from faq_jax import config_check, config_defaults
+from faq_jax.config import check as config_check
+from faq_jax.config import defaults
 from faq_jax.data import cifar10, pipeline
 
 TRAIN_PER_BATCH, NUM_TEST = 4, 7  # 20 training images (2 per class), 7 test images.
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-JPEG_ARCHIVE = config_defaults.shared_cifar10_archive(__file__)
-JPEG_TEST_ARCHIVE = config_defaults.shared_cifar10_test_archive(__file__)
+JPEG_ARCHIVE = defaults.shared_cifar10_archive(__file__)
+JPEG_TEST_ARCHIVE = defaults.shared_cifar10_test_archive(__file__)
 
 
 def add_file(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
@@ -82,7 +83,7 @@ def mini(tmp_path_factory):
 
 
 def cifar_config(**data) -> ml_collections.ConfigDict:
-    d = config_defaults.data_config("cifar10")
+    d = defaults.data_config("cifar10")
     d.update(dict(image_size=32, eval_resize=32, augment="cifar", mean=MEAN, std=STD,
                   eval_split="test"))
     d.update(data)
@@ -207,7 +208,7 @@ def test_corrupt_archives_name_the_file(mini, tmp_path):
 
 
 def test_config_check_names_field_and_fix(mini, tmp_path):
-    c = config_defaults.cifar10_base(8, 8, mini["python"])
+    c = defaults.cifar10_base(8, 8, mini["python"])
     c.init, c.eval_batch_size = "random", 512  # A multiple of the 8 test devices.
     assert config_check.validate(c)  # python archive, eval_split="val"
     c.data.eval_split = "test"

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from faq_jax import config_defaults, optim
+from faq_jax import optim
+from faq_jax.config import defaults, demo
 from faq_jax.data import digits, folder, imagenet, pipeline
 
-CIFAR_ARCHIVE = config_defaults.shared_cifar10_archive(__file__)  # as the CIFAR-10 configs
+CIFAR_ARCHIVE = defaults.shared_cifar10_archive(__file__)  # as the CIFAR-10 configs
 SYNSETS = ("n01440764", "n01443537", "n01739381", "n02105855")
 CMYK_NAME, PNG_NAME = "n01739381_1309.JPEG", "n02105855_2933.JPEG"  # Names the builder fixes.
 
@@ -409,7 +410,7 @@ def test_accumulated_micro_batches_hold_one_batch_in_every_epoch():
     """Batch 32 as 2 x 16 (1,497 digits: 46 batches, 93 micro-batches per data epoch): with
     the schedule's epoch lengths every optimizer step sees the same 32 examples, in every
     epoch and after a resume."""
-    c = config_defaults.default_config()  # digits, no augmentation
+    c = demo.get_config()  # digits, no augmentation
     n = pipeline.dataset_info(c).num_train
     sched = optim.BatchSchedule(num_train=n, num_epochs=3, micro=16, sizes=((0, 32),))
     assert n // 16 > sched.steps_in_epoch(0) * sched.accum(0)  # a leftover micro-batch
@@ -483,13 +484,13 @@ def test_palette_bmp_is_refused_when_listing(tmp_path):
 
 
 def test_digits_augmentation_is_the_same_for_any_process_count():
-    c = config_defaults.default_config()
+    c = demo.get_config()
     c.data.augment = "cifar"  # for digits: a random shift of up to 1 pixel
     one = next(pipeline.train_batches(c, local_batch_size=8))
     two = [next(pipeline.train_batches(c, local_batch_size=4, process_index=p,
                                              process_count=2)) for p in (0, 1)]
     for k in ("image", "label"):
         np.testing.assert_array_equal(one[k], np.concatenate([t[k] for t in two]))
-    plain = config_defaults.default_config()
+    plain = demo.get_config()
     assert not np.array_equal(next(pipeline.train_batches(
         plain, local_batch_size=8))["image"], one["image"])  # the shifts did something

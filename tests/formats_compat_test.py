@@ -23,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from faq_jax import export, models, optim, pretrained, steps, train
+from faq_jax import converted, export, models, optim, steps, train
 from faq_jax import policy as policy_lib
 from faq_jax.export import cli as export_cli
 from faq_jax.models import resnet_cifar
@@ -64,8 +64,8 @@ def _tiny_cifar_resnet(policy=None):
 def test_converted_checkpoint_v1_loads_with_the_same_logits():
     path = FIXTURES / "converted_v1"
     want = np.load(FIXTURES / "converted_v1_expected.npz")
-    assert pretrained.input_normalization(path) == ((0.5,) * 3, (0.25,) * 3)
-    variables = pretrained.load(path, arch="tiny_cifar_resnet")
+    assert converted.input_normalization(path) == ((0.5,) * 3, (0.25,) * 3)
+    variables = converted.load(path, arch="tiny_cifar_resnet")
     model = _tiny_cifar_resnet()
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))))
     assert jax.tree.structure(variables) == jax.tree.structure(dict(shapes))

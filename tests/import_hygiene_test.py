@@ -23,8 +23,9 @@ assert not heavy, heavy
 
 DIGITS = """
 import sys
-from faq_jax import config_defaults, data
-c = config_defaults.default_config()
+from faq_jax import data
+from faq_jax.config import defaults, demo
+c = demo.get_config()
 next(data.train_batches(c, local_batch_size=8))
 next(data.eval_batches(c, local_batch_size=8))
 assert "tensorflow" not in sys.modules

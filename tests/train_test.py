@@ -9,11 +9,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from faq_jax import checkpointing, config_defaults, train
+from faq_jax import checkpointing, train
+from faq_jax.config import defaults, demo
 
 
 def _config(**overrides):
-    c = config_defaults.default_config()
+    c = demo.get_config()
     c.stages = "calibrate,finetune"
     c.batch_size = 32
     c.eval_batch_size = 152  # 300 eval digits: 2 batches, the second padded
@@ -75,7 +76,7 @@ def test_bad_config_values_fail_before_compute(tmp_path):
     for overrides, match in cases:
         with pytest.raises(ValueError, match=match):
             train.train_and_evaluate(_config(**overrides), str(tmp_path / "w"))
-    fractional = config_defaults.get_base("resnet20", 4, 4, num_epochs=1.5, dataset="digits")
+    fractional = defaults.get_base("resnet20", 4, 4, num_epochs=1.5, dataset="digits")
     with pytest.raises(ValueError, match="num_epochs.*whole number"):
         train.train_and_evaluate(fractional, str(tmp_path / "w"))
     assert not (tmp_path / "w" / "checkpoints").exists()

@@ -84,7 +84,7 @@ def check_archives(data: Any) -> None:
     if data.source != "archive":
         return
     archive = os.path.expanduser(data.archive)
-    fix = ("set config.data.archive to cifar10-jpeg.tar.gz (config_defaults."
+    fix = ("set config.data.archive to cifar10-jpeg.tar.gz (faq_jax.config.defaults."
            "shared_cifar10_archive), cifar-10-python.tar.gz or cifar-10-binary.tar.gz, or use "
            "config.data.source='tfds'")
     try:
@@ -96,7 +96,7 @@ def check_archives(data: Any) -> None:
                    "config.data.test_archive to this file.")
     if fmt == "jpeg" and data.eval_split == "test":
         test = os.path.expanduser(data.test_archive)
-        fix = ("set config.data.test_archive to cifar10-test-jpeg.tar.gz (config_defaults."
+        fix = ("set config.data.test_archive to cifar10-test-jpeg.tar.gz (faq_jax.config.defaults."
                "shared_cifar10_test_archive), or evaluate on config.data.eval_split='val'")
         try:
             fmt = archive_format(test, "config.data.test_archive")
@@ -241,7 +241,7 @@ def _jpeg_test(test_archive: str, cache_dir: str, classes: tuple[str, ...]) -> S
         raise ValueError(
             f"{field} is empty, and config.data.eval_split='test' with the JPEG training "
             "archive needs it: set it to cifar10-test-jpeg.tar.gz "
-            "(config_defaults.shared_cifar10_test_archive), or use eval_split='val'.")
+            "(faq_jax.config.defaults.shared_cifar10_test_archive), or use eval_split='val'.")
     fmt = archive_format(test_archive, field)
     if fmt != "jpeg_test":
         raise _bad(field, test_archive, f"a {fmt} archive; expected the JPEG test archive "

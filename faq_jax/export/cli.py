@@ -18,7 +18,9 @@ import flax.linen as nn
 import ml_collections
 import orbax.checkpoint as ocp
 
-from faq_jax import checkpointing, config_check, config_defaults, models
+from faq_jax import checkpointing, models
+from faq_jax.config import check as config_check
+from faq_jax.config import defaults
 from faq_jax.export import exporter, intnet
 from faq_jax.export.intnet import ExportError
 
@@ -37,7 +39,7 @@ def _config_from_workdir(workdir: str, config_path: str | None):
     if os.path.exists(full):
         with open(full) as f:
             return ml_collections.ConfigDict(json.load(f))
-    c = config_defaults.get_base(exp["arch"], exp["w_bits"] or 8, exp["a_bits"] or 8,
+    c = defaults.get_base(exp["arch"], exp["w_bits"] or 8, exp["a_bits"] or 8,
                                  dataset=exp.get("dataset", "imagenet2012"))
     c.num_classes = exp["num_classes"]
     c.quant.enabled = bool(exp.get("quant", True))

@@ -132,7 +132,7 @@ def normalization_mismatch(path: str | os.PathLike, mean: Any, std: Any) -> str 
     return (f"converted checkpoint {str(path)!r} expects inputs normalised with mean "
             f"{list(norm[0])}, std {list(norm[1])}, but the data pipeline uses mean "
             f"{list(mean)}, std {list(std)}: set --config.data.mean and --config.data.std "
-            "to the checkpoint's values (faq_jax.pretrained.input_normalization)")
+            "to the checkpoint's values (faq_jax.converted.input_normalization)")
 
 
 def load(path: str | os.PathLike, *, arch: str | None = None) -> dict[str, Any]:

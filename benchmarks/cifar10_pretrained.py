@@ -251,7 +251,7 @@ def run_one(net: str, name: str, wd: pathlib.Path, weights: str, norm, max_steps
     import jax
 
     from faq_jax import converted, models, train
-    from faq_jax.config import check as config_check
+    from faq_jax import policy as policy_lib
 
     rdir = wd / name
     record_path = rdir / "record.json"
@@ -273,7 +273,7 @@ def run_one(net: str, name: str, wd: pathlib.Path, weights: str, norm, max_steps
         record: dict[str, Any] = {"summary": {k: v for k, v in result.items()
                                               if k != "calibrated_lsb"}}
         if not name.startswith("noise_"):
-            policy = config_check.make_policy(c)
+            policy = policy_lib.from_config(c.quant, c.calib)
             model = models.create(c.arch, policy=policy, num_classes=10)
             p = predictions(model, variables, c)
             np.savez_compressed(rdir / "predictions.npz", pred=p["pred"], label=p["label"])

@@ -31,6 +31,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from faq_jax.workdir import CheckpointError  # a path that is no readable converted checkpoint
+
 FORMAT = "faq_jax.converted"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -49,10 +51,6 @@ def default_normalization(arch: str) -> Normalization | None:
     ImageNet weights; the community CIFAR ResNet checkpoints were trained with it too), or
     None where unknown (``resnet20``)."""
     return None if arch in _UNKNOWN_NORMALIZATION else (IMAGENET_MEAN, IMAGENET_STD)
-
-
-class CheckpointError(ValueError):
-    """A path that is not a readable faq_jax converted checkpoint, or the wrong one."""
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:

@@ -47,12 +47,6 @@ def _active(module: nn.Module) -> bool:
     return module.policy is not None and not _calibrating(module)
 
 
-def _quantize_weight(module: nn.Module, w: jax.Array) -> jax.Array:
-    bits = module.policy.weight_bits(_path(module))
-    lsb = quant.weight_lsb(w, bits=bits, clip_std=module.policy.clip_std(bits))
-    return quant.fixed_point(w, bits=bits, lsb=lsb, signed=True)
-
-
 def _quantize_bias(module: nn.Module, b: jax.Array) -> jax.Array:
     p = module.policy
     return quant.fixed_point(b, bits=p.bias_bits, lsb=p.bias_lsb, signed=True)
@@ -121,7 +115,7 @@ class Conv(nn.Module):
         shape = (*self.kernel_size, in_features // self.feature_group_count, self.features)
         kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
         if _active(self):
-            kernel = _quantize_weight(self, kernel)
+            kernel = self.policy.quantize_weight(_path(self), kernel)
         lhs, rhs, acc = _operands(x, kernel, self.dtype)
         y = jax.lax.conv_general_dilated(
             lhs, rhs, window_strides=self.strides, padding=[tuple(p) for p in self.padding],
@@ -151,7 +145,7 @@ class Dense(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features),
                             jnp.float32)
         if _active(self):
-            kernel = _quantize_weight(self, kernel)
+            kernel = self.policy.quantize_weight(_path(self), kernel)
         lhs, rhs, acc = _operands(x, kernel, self.dtype)
         y = jax.lax.dot_general(lhs, rhs, (((lhs.ndim - 1,), (0,)), ((), ())),
                                 preferred_element_type=acc)
@@ -161,6 +155,14 @@ class Dense(nn.Module):
                 bias = _quantize_bias(self, bias)
             y = y + bias.astype(y.dtype)
         return y
+
+
+def fold_batch_norm(gamma: jax.Array, beta: jax.Array, mean: jax.Array, var: jax.Array,
+                    epsilon: float) -> tuple[jax.Array, jax.Array]:
+    """BatchNorm as ``y = x s + t``: ``s = γ / sqrt(v + ε)``, ``t = β - μ s`` (the exporter
+    folds the running statistics with this very function)."""
+    s = gamma * jax.lax.rsqrt(var + epsilon)
+    return s, beta - mean * s
 
 
 class BatchNorm(nn.Module):
@@ -198,8 +200,7 @@ class BatchNorm(nn.Module):
                 ra_var.value = m * ra_var.value + (1 - m) * jax.lax.stop_gradient(unbiased)
         else:
             mean, var = ra_mean.value, ra_var.value
-        s = gamma * jax.lax.rsqrt(var + self.epsilon)
-        t = beta - mean * s
+        s, t = fold_batch_norm(gamma, beta, mean, var, self.epsilon)
         if _active(self) and self.policy.quantize_bn:
             p = self.policy
             s = quant.fixed_point(s, bits=p.bn_scale_bits, lsb=p.bn_scale_lsb, signed=True)

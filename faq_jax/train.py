@@ -8,8 +8,6 @@ in ``workdir/summary.json``).
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,12 +17,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from etils import epath
 
 from faq_jax import (
     analysis,
     checkpointing,
-    config_check,
+    converted,
+    keypaths,
     layers,
     lazy_imports,
     models,
@@ -34,6 +32,8 @@ from faq_jax import (
 )
 from faq_jax import calibrate as calibrate_lib
 from faq_jax import data as data_lib
+from faq_jax import workdir as workdir_lib
+from faq_jax.config import check as config_check
 
 
 def _clu() -> tuple[Any, Any]:
@@ -48,31 +48,12 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or Inf; the message names the step."""
 
 
-def _summary_path(workdir: str) -> epath.Path:
-    return epath.Path(workdir) / "summary.json"
-
-
-def _load_summary(workdir: str) -> dict[str, Any]:
-    path = _summary_path(workdir)
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _save_summary(workdir: str, summary: dict[str, Any]) -> None:
-    if jax.process_index() == 0:
-        path = _summary_path(workdir)
-        tmp = path.parent / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
-        os.replace(tmp, path)
-
-
 def _initial_variables(config: ml_collections.ConfigDict, float_model, quant_model,
                        image_shape: tuple[int, int, int]) -> dict[str, Any]:
     """fp32 weights (converted checkpoint or random init) plus uncalibrated quant l's."""
     x = jnp.zeros((1, *image_shape), jnp.float32)
     key = jax.random.key(config.seed)
     if config.init == "pretrained" and config.init_checkpoint:
-        from faq_jax import converted  # noqa: PLC0415 - only this path needs it
-
         loaded = converted.load(config.init_checkpoint, arch=config.arch)
         mismatch = converted.normalization_mismatch(config.init_checkpoint, config.data.mean,
                                                      config.data.std)
@@ -186,7 +167,7 @@ def _fit_loop(model, eval_step, state, config, ckpt, batches, tx, total, mesh, w
         logging.info("resumed from %s at step %d", ckpt_dir, int(state.step))
     start = int(jax.device_get(state.step))
     if start > total:
-        raise checkpointing.CheckpointError(
+        raise workdir_lib.CheckpointError(
             f"the checkpoint in {ckpt_dir} is at step {start}, past this run's last step "
             f"{total} (were num_epochs or max_steps lowered?). Restore the setting, or use a "
             "new --workdir.")
@@ -283,12 +264,10 @@ def _flush(pending: list[tuple[int, dict[str, jax.Array]]],
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs the configured FAQ stages; returns (and writes) the summary of results."""
-    stages = config_check.validate(config)
-    workdir = checkpointing.absolute(workdir)
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    checkpointing.check_workdir(workdir, config_check.experiment_id(config))
-    if jax.process_index() == 0:  # the full config of the latest run, for export and audit
-        (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
+    stages, pol = config_check.validate(config)
+    workdir = workdir_lib.absolute(workdir)
+    workdir_lib.check_experiment(workdir, config_check.experiment_id(config))
+    workdir_lib.write_config(workdir, config)  # the latest run's, for export and audit
     writer = _clu()[0].create_default_writer(workdir,
                                                   just_logging=jax.process_index() > 0)
     writer.write_hparams({k: v for k, v in config.to_dict().items()
@@ -299,14 +278,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     info = data_lib.dataset_info(config)
     dtype = layers.COMPUTE_DTYPES[config.compute_dtype]
     float_model = models.create(config.arch, num_classes=config.num_classes, dtype=dtype)
-    pol = config_check.make_policy(config)
     quant_model = None if pol is None else models.create(
         config.arch, policy=pol, num_classes=config.num_classes, dtype=dtype)
     variables = _initial_variables(config, float_model, quant_model, info.image_shape)
-    summary = _load_summary(workdir)
+    summary = workdir_lib.read_summary(workdir)
     summary.update(arch=config.arch, w_bits=config.quant.w_bits if pol else None,
                    a_bits=config.quant.a_bits if pol else None)
-    finetune_dir = os.path.join(workdir, "checkpoints")
+    finetune_dir = workdir_lib.finetune_dir(workdir)
     resumed_finetune = quant_model is not None and \
         checkpointing.latest_step(finetune_dir) is not None
 
@@ -317,12 +295,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                              batch_size=pre.batch_size, micro_batch_size=0,
                                              batch_schedule=(), optim=pre.optim))
         trained = fit(float_model, float_eval, variables, config, run,
-                      os.path.join(workdir, "fp32"), mesh, writer, num_train=info.num_train,
+                      workdir_lib.pretrain_dir(workdir), mesh, writer, num_train=info.num_train,
                       eval_prefix="fp32")
         variables = {**variables, **trained}
     if "eval_fp32" in stages and "fp32" not in summary:
         summary["fp32"] = evaluate(float_eval, variables, config, mesh, writer, 0, "fp32")
-        _save_summary(workdir, summary)
+        workdir_lib.write_summary(workdir, summary)
 
     quant_eval = None if quant_model is None else make_evaluator(quant_model)
     if quant_model is not None and not resumed_finetune and \
@@ -334,7 +312,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if "eval_quant" in stages and "quant_before" not in summary:
             summary["quant_before"] = evaluate(quant_eval, variables, config, mesh, writer, 0,
                                                "quant_before")
-        _save_summary(workdir, summary)
+        workdir_lib.write_summary(workdir, summary)
 
     if quant_model is not None and "finetune" in stages:
         start_params = variables["params"]
@@ -348,7 +326,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if config.analysis.weight_similarity:
             summary["weight_cosine"] = analysis.weight_similarity(start_params,
                                                                   variables["params"])
-        _save_summary(workdir, summary)
+        workdir_lib.write_summary(workdir, summary)
     writer.flush()
     _log_table(summary)
     return {**summary, "variables": variables}
@@ -387,20 +365,19 @@ def _calibrated_quant(config: ml_collections.ConfigDict, stages: set[str],
 
 def _unflat_lsbs(flat: dict[str, float], like: dict[str, Any]) -> dict[str, Any]:
     """Inverse of :func:`_flat_lsbs` on the structure of ``like``; ValueError on a mismatch."""
-    paths, treedef = jax.tree_util.tree_flatten_with_path(like)
-    keys = ["/".join(k.key for k in path[:-1]) for path, _ in paths]
-    if sorted(keys) != sorted(flat):
+    current = keypaths.owners(like, "lsb")
+    if sorted(current) != sorted(flat):
         raise ValueError("the calibrated l's in summary.json do not fit this network's "
-                         f"quantizers (missing {sorted(set(keys) - set(flat))[:3]}, unexpected "
-                         f"{sorted(set(flat) - set(keys))[:3]}); use a new --workdir")
-    leaves = [np.asarray(flat[k], np.asarray(v).dtype) for k, (_, v) in zip(keys, paths,
-                                                                               strict=True)]
-    return jax.tree_util.tree_unflatten(treedef, leaves)
+                         f"quantizers (missing {sorted(set(current) - set(flat))[:3]}, "
+                         f"unexpected {sorted(set(flat) - set(current))[:3]}); use a new "
+                         "--workdir")
+    return keypaths.unflatten({f"{path}/lsb": np.asarray(flat[path], np.asarray(v).dtype)
+                               for path, v in current.items()})
 
 
 def _flat_lsbs(quant_vars: dict[str, Any]) -> dict[str, float]:
-    flat = jax.tree_util.tree_flatten_with_path(quant_vars)[0]
-    return {"/".join(k.key for k in path[:-1]): float(v) for path, v in flat}
+    """{quantizer path: l} of the ``quant`` collection, as ``summary.json`` records them."""
+    return {path: float(v) for path, v in keypaths.owners(quant_vars, "lsb").items()}
 
 
 def _log_table(summary: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from faq_jax import converted, models
+from faq_jax import converted, models, workdir
 from faq_jax.config import defaults
 
 torch = pytest.importorskip("torch")
@@ -175,7 +175,7 @@ def test_folders_from_before_the_normalisation_field_still_load(tmp_path):
     bad = json.loads((tmp_path / "resnet18" / "manifest.json").read_text())
     bad["input_normalization"] = {"mean": [0.5, 0.5], "std": [0.2, 0.2, 0.2]}
     (tmp_path / "resnet18" / "manifest.json").write_text(json.dumps(bad))
-    with pytest.raises(converted.CheckpointError, match="bad input_normalization"):
+    with pytest.raises(workdir.CheckpointError, match="bad input_normalization"):
         converted.load(tmp_path / "resnet18")
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from faq_jax import lazy_imports
+from faq_jax import keypaths, lazy_imports
 from faq_jax.models import resnet_cifar
 from weights_convert import mapping
 
@@ -184,7 +184,7 @@ def convert(state_dict: Mapping[str, Any], arch: str, *, num_classes: int | None
         cause = _diagnose(keys, arch)
         head = f"not a {arch} state dict" + (f": {cause}" if cause else "")
         raise ValueError(f"{head} ({'; '.join(parts)})")
-    tree = mapping.nest(flat)
+    tree = keypaths.unflatten(flat)
     return {"params": tree["params"], "batch_stats": tree["batch_stats"]}
 
 

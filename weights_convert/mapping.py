@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from faq_jax import models
+from faq_jax import keypaths, models
 
 # Old DenseNet checkpoints spell ``denselayer1.norm.1.weight``; torchvision renames them to
 # ``norm1`` in densenet.py's _load_state_dict with this very pattern.
@@ -103,28 +103,6 @@ def to_flax_layout(name: str, array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array.T)  # (out, in) -> (in, out)
 
 
-def nest(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for path, value in flat.items():
-        *mods, leaf = path.split("/")
-        node = tree
-        for m in mods:
-            node = node.setdefault(m, {})
-        node[leaf] = value
-    return tree
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in tree.items():
-        path = f"{prefix}/{k}" if prefix else k
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, path))
-        else:
-            out[path] = v
-    return out
-
-
 @functools.lru_cache(maxsize=16)
 def expected_shapes(arch: str, num_classes: int, kwargs: tuple[tuple[str, Any], ...]
               ) -> dict[str, tuple[int, ...]]:
@@ -133,7 +111,7 @@ def expected_shapes(arch: str, num_classes: int, kwargs: tuple[tuple[str, Any], 
     size = models.spec(arch).min_size
     x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
     shapes = jax.eval_shape(lambda x: module.init(jax.random.key(0), x), x)
-    flat = _flatten({c: shapes[c] for c in ("params", "batch_stats") if c in shapes})
+    flat = keypaths.flatten({c: shapes[c] for c in ("params", "batch_stats") if c in shapes})
     return {k: tuple(v.shape) for k, v in flat.items()}
 
 
@@ -146,7 +124,7 @@ def _classifier(arch: str, kwargs: Mapping[str, Any]) -> str:
 
 def num_classes(variables: Mapping[str, Any], arch: str, **model_kwargs: Any) -> int:
     """The classifier width of converted ``variables`` of ``arch``."""
-    flat = _flatten(variables)
+    flat = keypaths.flatten(variables)
     return _classes_from(flat, arch, model_kwargs)
 
 
@@ -219,5 +197,5 @@ def convert(state_dict: Mapping[str, Any], arch: str, *, num_classes: int | None
                 for k in mismatched]))
         lines.append(f"  is this really a {arch} checkpoint?")
         raise ValueError("\n".join(lines))
-    tree = nest(flat)
+    tree = keypaths.unflatten(flat)
     return {"params": tree.get("params", {}), "batch_stats": tree.get("batch_stats", {})}

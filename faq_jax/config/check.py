@@ -2,18 +2,19 @@
 
 Every value a user can get wrong (bits, percentiles, learning rates, arch, stages, batch
 sizes) is checked here, so a bad override fails in a second with a message naming the
-field, not an hour into a run.
+field, not an hour into a run. :func:`validate` returns what the run needs from it (the
+stages and the precision policy), so nothing is derived from the config twice.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
 import numpy as np
 
-from faq_jax import layers, models, optim
+from faq_jax import keypaths, layers, models, optim
 from faq_jax import policy as policy_lib
 from faq_jax.data import cifar10
 
@@ -44,8 +45,15 @@ def _check_optim(prefix: str, o: ml_collections.ConfigDict) -> None:
         _fail(f"{prefix}.step_epochs", o.step_epochs, "must be ascending")
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> set[str]:
-    """Raises ValueError naming the first bad field; returns the set of stages to run.
+class Plan(NamedTuple):
+    """What a valid config asks for."""
+
+    stages: set[str]  # of STAGES
+    policy: policy_lib.Policy | None  # policy_lib.from_config; None: a float run
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> Plan:
+    """Raises ValueError naming the first bad field; returns the stages and the policy.
 
     ``num_devices`` (default: ``jax.device_count()``) checks a config for another mesh.
     """
@@ -64,7 +72,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     if config.compute_dtype not in layers.COMPUTE_DTYPES:
         _fail("compute_dtype", config.compute_dtype,
               f"must be one of {sorted(layers.COMPUTE_DTYPES)}")
-    make_policy(config)  # bits, lsb's, percentiles, rules
+    try:  # bits, lsb's, percentiles, rules
+        policy = policy_lib.from_config(config.quant, config.calib)
+    except ValueError as e:
+        raise ValueError(f"config.quant: {e}") from e
     c = config.calib
     if not isinstance(c.num_batches, int) or c.num_batches < 1:
         _fail("calib.num_batches", c.num_batches, "must be a positive int")
@@ -112,7 +123,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         _fail("init_checkpoint", config.init_checkpoint,
               "no such folder; convert torchvision weights first with `python -m "
               "weights_convert --arch ARCH --weights IMAGENET1K_V1 --out DIR`")
-    return stages
+    return Plan(stages, policy)
 
 
 def _check_multiple(field: str, v: int, n: int, of: str) -> None:
@@ -141,28 +152,6 @@ def _exists(path: str) -> bool:
     return epath.Path(path).exists()
 
 
-def make_policy(config: ml_collections.ConfigDict) -> policy_lib.Policy | None:
-    """The precision policy of ``config.quant`` (None when quantization is off)."""
-    q = config.quant
-    if not q.enabled:
-        return None
-    kwargs = dict(
-        rules=tuple(policy_lib.Rule(*r) for r in q.rules),
-        weight_clip_std=q.weight_clip_std, maxabs_bits=q.maxabs_bits,
-        quantize_bn=q.quantize_bn, bn_scale_bits=q.bn_scale_bits, bn_scale_lsb=q.bn_scale_lsb,
-        bn_shift_bits=q.bn_shift_bits, bn_shift_lsb=q.bn_shift_lsb, bias_bits=q.bias_bits,
-        bias_lsb=q.bias_lsb, input_bits=q.input_bits, input_lsb=q.input_lsb,
-        percentile_8bit=config.calib.percentile_8bit,
-        percentile_lowbit=config.calib.percentile_lowbit,
-    )
-    try:
-        if q.paper_rules:
-            return policy_lib.paper_policy(q.w_bits, q.a_bits, **kwargs)
-        return policy_lib.Policy(w_bits=q.w_bits, a_bits=q.a_bits, **kwargs)
-    except ValueError as e:
-        raise ValueError(f"config.quant: {e}") from e
-
-
 def experiment_id(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """What makes two runs the same experiment (checked against the workdir)."""
     q = config.quant
@@ -177,10 +166,7 @@ def experiment_id(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def check_variables(variables: dict[str, Any], expected: dict[str, Any], source: str) -> None:
     """Raises ValueError naming missing/unexpected/mis-shaped entries of loaded weights."""
     def flat(tree):
-        out = {}
-        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-            out["/".join(str(getattr(k, "key", k)) for k in path)] = tuple(np.shape(leaf))
-        return out
+        return {path: tuple(np.shape(leaf)) for path, leaf in keypaths.flatten(tree).items()}
 
     got, want = flat({k: variables.get(k, {}) for k in ("params", "batch_stats")}), \
         flat({k: expected.get(k, {}) for k in ("params", "batch_stats")})

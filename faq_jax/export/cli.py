@@ -8,69 +8,41 @@ integer model). :func:`load_workdir` is the workdir half on its own.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import io
-import json
-import os
 from typing import Any
 
 import flax.linen as nn
 import ml_collections
-import orbax.checkpoint as ocp
 
 from faq_jax import checkpointing, models
-from faq_jax.config import check as config_check
-from faq_jax.config import defaults
+from faq_jax import policy as policy_lib
+from faq_jax import workdir as workdir_lib
 from faq_jax.export import exporter, intnet
 from faq_jax.export.intnet import ExportError
 
 
-def _config_from_workdir(workdir: str, config_path: str | None):
-    """The run's config: ``--config``, else ``config.json``, else experiment.json + defaults."""
-    with open(os.path.join(workdir, "experiment.json")) as f:
-        exp = json.load(f)
-    if config_path:
-        import importlib.util  # noqa: PLC0415
-        spec = importlib.util.spec_from_file_location("export_config", config_path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod.get_config()
-    full = os.path.join(workdir, "config.json")
-    if os.path.exists(full):
-        with open(full) as f:
-            return ml_collections.ConfigDict(json.load(f))
-    c = defaults.get_base(exp["arch"], exp["w_bits"] or 8, exp["a_bits"] or 8,
-                                 dataset=exp.get("dataset", "imagenet2012"))
-    c.num_classes = exp["num_classes"]
-    c.quant.enabled = bool(exp.get("quant", True))
-    c.quant.rules = tuple(tuple(r) for r in exp.get("rules", []))
-    return c
-
-
 def load_workdir(workdir: str, config_path: str | None = None
-                 ) -> tuple[nn.Module, dict[str, Any], Any]:
-    """(quantized model, latest fine-tuned variables, config) of a training workdir."""
-    workdir = checkpointing.absolute(workdir)
-    config = _config_from_workdir(workdir, config_path)
-    policy = config_check.make_policy(config)
+                 ) -> tuple[nn.Module, dict[str, Any], ml_collections.ConfigDict]:
+    """(quantized model, latest fine-tuned variables, config) of a training workdir.
+
+    The config is ``config_path`` if given, else the workdir's (:func:`workdir.read_config`).
+    Raises ExportError for a float run, a run never calibrated (unless the config says
+    ``calib.enabled=False``) and a workdir without a fine-tuned checkpoint.
+    """
+    workdir = workdir_lib.absolute(workdir)
+    config = workdir_lib.read_config(workdir, config_path)
+    policy = policy_lib.from_config(config.quant, config.calib)
     if policy is None:
         raise ExportError(f"{workdir}: a float run (quant disabled); nothing to export")
-    summary_path = os.path.join(workdir, "summary.json")
-    summary = {}
-    if os.path.exists(summary_path):
-        with open(summary_path) as f:
-            summary = json.load(f)
+    summary = workdir_lib.read_summary(workdir)
     if "calibrated_lsb" not in summary and config.calib.enabled:
-        raise ExportError(f"{workdir}: summary.json has no calibrated_lsb: the activation l's "
-                          "were never calibrated (run the calibrate stage, or pass --config "
-                          "with calib.enabled=False if that was deliberate)")
-    ckdir = os.path.join(workdir, "checkpoints")
-    mgr = ocp.CheckpointManager(ckdir)
-    step = mgr.latest_step()
-    if step is None:
+        raise ExportError(f"{workdir}: {workdir_lib.SUMMARY} has no calibrated_lsb: the "
+                          "activation l's were never calibrated (run the calibrate stage, or "
+                          "pass --config with calib.enabled=False if that was deliberate)")
+    ckdir = workdir_lib.finetune_dir(workdir)
+    if checkpointing.latest_step(ckdir) is None:
         raise ExportError(f"{ckdir}: no fine-tuned checkpoint")
-    state = mgr.restore(step, args=ocp.args.StandardRestore())
-    state = state if isinstance(state, dict) else dataclasses.asdict(state)
+    _, state = checkpointing.restore_latest(ckdir)
     variables = {k: state[k] for k in ("params", "batch_stats", "quant")}
     model = models.create(config.arch, policy=policy, num_classes=config.num_classes)
     return model, variables, config

@@ -8,9 +8,10 @@ constants (NumPy):
 - folded BatchNorm ``y = x s + t``: s as 8-bit codes (l = -4), t as 32-bit codes (l = -16);
 - biases: 32-bit codes (l = -16); every activation quantizer: bits, signedness, its l.
 
-Every constant is computed by the functions the simulated network uses (``quant.weight_lsb``,
-``quant.to_codes``, the BatchNorm fold in float32 from the running statistics), so the
-integer network *is* the simulated one. The file format is specified in ``docs/export.md``.
+Every constant is computed by the functions the simulated network uses
+(``Policy.weight_grid``, ``quant.to_codes``, ``layers.fold_batch_norm`` in float32 from the
+running statistics), so the integer network *is* the simulated one. The file format is
+specified in ``docs/export.md``.
 """
 
 from __future__ import annotations
@@ -24,47 +25,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from faq_jax import quant
+from faq_jax import keypaths, layers, quant
 from faq_jax.export import graph, intnet
 
-# ---- constants: the same JAX functions as the simulated network --------------------------
 
-def _get(tree: dict[str, Any], path: str) -> dict[str, Any]:
-    for key in path.split("/"):
-        tree = tree[key]
-    return tree
-
-
-def _bn_fold(gamma, beta, mean, var, eps):
-    """Exactly layers.BatchNorm's eval-mode fold, in float32 from float32 running stats."""
-    s = gamma * jax.lax.rsqrt(var + eps)
-    return s, beta - mean * s
-
-
-def _codes_and_overflow(x, bits: int, lsb) -> tuple[jax.Array, jax.Array]:
-    """``quant.to_codes`` and whether any value lay beyond the ``bits`` range."""
-    raw = jnp.floor(jnp.ldexp(x, -jnp.asarray(lsb, jnp.int32)) + 0.5)
-    lo, hi = quant.int_range(bits, True)
-    return quant.to_codes(x, bits=bits, lsb=lsb, signed=True), jnp.any((raw < lo) | (raw > hi))
+def _codes(x: jax.Array, bits: int, lsb: int) -> tuple[jax.Array, jax.Array]:
+    return quant.codes_and_overflow(x, bits=bits, lsb=lsb, signed=True)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _constants(leaves: dict[str, dict[str, jax.Array]], specs: tuple, policy) -> dict:
     """Every exported constant in one compiled pass (the simulated network's functions)."""
     out = {}
-    for op, path, bits, eps in specs:
+    for op, path, eps in specs:
         v = leaves[path]
         if op in ("conv", "dense"):
-            lsb = quant.weight_lsb(v["kernel"], bits=bits, clip_std=policy.clip_std(bits))
+            bits, lsb = policy.weight_grid(path, v["kernel"])
             out[path] = {"w_l": lsb, "w": quant.to_codes(v["kernel"], bits=bits, lsb=lsb,
                                                           signed=True)}
             if "bias" in v:
-                out[path]["b"] = _codes_and_overflow(v["bias"], policy.bias_bits,
-                                                     policy.bias_lsb)
+                out[path]["b"] = _codes(v["bias"], policy.bias_bits, policy.bias_lsb)
         else:
-            s, t = _bn_fold(v["scale"], v["bias"], v["mean"], v["var"], eps)
-            out[path] = {"s": _codes_and_overflow(s, policy.bn_scale_bits, policy.bn_scale_lsb),
-                         "t": _codes_and_overflow(t, policy.bn_shift_bits, policy.bn_shift_lsb)}
+            s, t = layers.fold_batch_norm(v["scale"], v["bias"], v["mean"], v["var"], eps)
+            out[path] = {"s": _codes(s, policy.bn_scale_bits, policy.bn_scale_lsb),
+                         "t": _codes(t, policy.bn_shift_bits, policy.bn_shift_lsb)}
     return out
 
 
@@ -105,11 +89,11 @@ def export(model: nn.Module, variables: dict[str, Any], *,
     for node in nodes:
         path = node.get("path")
         if node["op"] in ("conv", "dense"):
-            specs.append((node["op"], path, policy.weight_bits(path), None))
-            leaves[path] = dict(_get(params, path))
+            specs.append((node["op"], path, None))
+            leaves[path] = dict(keypaths.get(params, path))
         elif node["op"] == "bn":
-            specs.append(("bn", path, None, float(node.pop("epsilon"))))
-            leaves[path] = {**_get(params, path), **_get(stats, path)}
+            specs.append(("bn", path, float(node.pop("epsilon"))))
+            leaves[path] = {**keypaths.get(params, path), **keypaths.get(stats, path)}
     consts = jax.device_get(_constants(leaves, tuple(specs), policy))
 
     def check(path, what, pair, bits, lsb):
@@ -142,7 +126,7 @@ def export(model: nn.Module, variables: dict[str, Any], *,
             arrays[node["t"]] = check(path, "BN shift t", c["t"], policy.bn_shift_bits,
                                       policy.bn_shift_lsb).astype(np.int32)
         elif node["op"] == "requant":
-            lsb = np.asarray(_get(qv, path)["lsb"])
+            lsb = np.asarray(keypaths.get(qv, path)["lsb"])
             if lsb.shape != () or lsb != np.round(lsb):
                 raise intnet.ExportError(f"{path}: activation l {lsb} is not one integer")
             node.update(bits=policy.act_bits(path), l=int(lsb))

@@ -13,8 +13,9 @@ the l its batch asks for. Activation l's live in the ``quant`` collection, never
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -25,6 +26,9 @@ from faq_jax.policy import Policy
 
 Initializer = Callable[..., jax.Array]
 Padding = Sequence[tuple[int, int]]
+# A layer constructor, usually a functools.partial of one of the modules below with the
+# policy (and dtype, train) bound: networks build them once and hand them to their blocks.
+ModuleDef = Callable[..., nn.Module]
 
 QUANT = "quant"  # collection of frozen activation l's
 CALIB = "calib"  # collection sown during calibration
@@ -172,14 +176,19 @@ class BatchNorm(nn.Module):
     averages in eval). With a policy (and ``policy.quantize_bn``) s is signed 8-bit with
     l = -4 and t signed 32-bit with l = -16. Running statistics follow torch: momentum
     0.1 (Flax's 0.9) and the *unbiased* batch variance in the running average.
+
+    ``train`` is given either as a field (a network binds it once in its layer
+    constructors, as Flax's ``use_running_average``) or to ``__call__``, not both.
     """
 
     momentum: float = 0.9
     epsilon: float = 1e-5
     policy: Policy | None = None
+    train: bool | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool | None = None) -> jax.Array:
+        train = nn.merge_param("train", self.train, train)
         c = x.shape[-1]
         # Statistics, scale/shift and their gradients in (at least) float32 whatever x's
         # dtype, as cuDNN's BN does for bf16 tensors; only the output takes x's dtype.
@@ -248,6 +257,26 @@ class InputQuant(nn.Module):
             return x
         p = self.policy
         return quant.fixed_point(x, bits=p.input_bits, lsb=p.input_lsb, signed=True)
+
+
+class Defs(NamedTuple):
+    """The layer constructors of one network, bound to its policy, dtype and train mode."""
+
+    conv: ModuleDef  # Conv(features, kernel_size, strides, padding, ...)
+    norm: ModuleDef  # BatchNorm(...) -> called on x alone
+    act: ModuleDef  # ActQuant(...): ReLU + quantizer; act(relu=False) re-quantizes
+    dense: ModuleDef  # Dense(features, ...)
+
+
+def defs(policy: Policy | None, dtype: Any = None, train: bool = False) -> Defs:
+    """``conv, norm, act, dense`` for a network's ``__call__`` to build once and hand to its
+    blocks (the Flax ImageNet example's ``conv: ModuleDef``): every quantizer reads
+    ``policy`` (None: the float layers), convs and dense layers compute in ``dtype``, and
+    BatchNorm runs in ``train`` mode."""
+    return Defs(functools.partial(Conv, policy=policy, dtype=dtype),
+                functools.partial(BatchNorm, policy=policy, train=train),
+                functools.partial(ActQuant, policy=policy),
+                functools.partial(Dense, policy=policy, dtype=dtype))
 
 
 def torch_pad(kernel: int, padding: int) -> tuple[tuple[int, int], tuple[int, int]]:

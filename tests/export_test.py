@@ -8,6 +8,8 @@ to be an integer tensor.
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -28,14 +30,15 @@ class MiniInception(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        p = self.policy
-        x = layers.InputQuant(policy=p, name="input_quant")(x)
-        x = inception.BasicConv2d(16, (3, 3), (2, 2), policy=p, name="Conv2d_1a_3x3")(x, train)
-        x = inception.InceptionA(policy=p, requant_input=False, pool_features=8,
-                                 name="Mixed_5b")(x, train)
-        x = inception.InceptionB(policy=p, name="Mixed_6a")(x, train)
-        x = layers.ActQuant(relu=False, policy=p, name="fc_input")(layers.global_avg_pool(x))
-        return layers.Dense(10, policy=p, name="fc")(x)
+        conv, norm, act, dense = layers.defs(self.policy, None, train)
+        basic = functools.partial(inception.BasicConv2d, conv=conv, norm=norm, act=act)
+        x = layers.InputQuant(policy=self.policy, name="input_quant")(x)
+        x = basic(16, (3, 3), (2, 2), name="Conv2d_1a_3x3")(x)
+        x = inception.InceptionA(basic=basic, act=act, requant_input=False, pool_features=8,
+                                 name="Mixed_5b")(x)
+        x = inception.InceptionB(basic=basic, act=act, name="Mixed_6a")(x)
+        x = act(relu=False, name="fc_input")(layers.global_avg_pool(x))
+        return dense(10, name="fc")(x)
 
 
 def _small(family: str, policy: policy_lib.Policy) -> tuple[nn.Module, tuple[int, int, int]]:

@@ -4,7 +4,7 @@
   ``δw_t = w_t - w_{t-1}`` and an exponential moving average (factor 0.9) of the quantized
   step ``Q(w_t) - Q(w_{t-1})``, Q being the layer's weight quantizer (its bits from the
   precision policy, l recomputed from each w as in training). :class:`GradNoise` is pure and
-  jitted; ``train.fit`` runs it every step when ``config.analysis.grad_noise`` is set.
+  jitted; ``trainer.Trainer`` runs it every step when ``config.analysis.grad_noise`` is set.
 - Weight similarity (Fig. 2): per layer, the mean over output channels (neurons) of the
   cosine between a neuron's weights before and after training.
 """

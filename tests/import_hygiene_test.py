@@ -6,8 +6,10 @@ import sys
 CORE = """
 import sys
 import faq_jax
-from faq_jax import (analysis, calibrate, checkpointing, config_check, data, export,
-                     layers, models, optim, policy, quant, sharding, steps, train)
+from faq_jax import (analysis, calibrate, checkpointing, config, converted, data, export,
+                     keypaths, layers, models, optim, policy, quant, sharding, steps, train,
+                     trainer, workdir)
+from faq_jax.config import check, defaults, demo
 from faq_jax.data import cifar10, digits, folder, imagenet, pipeline
 from faq_jax.export import cli, executor, exporter, graph, intnet
 import jax, jax.numpy as jnp

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from faq_jax import keypaths, layers, quant
+from faq_jax import calibrate, keypaths, layers, quant
 from faq_jax.export import graph, intnet
 
 
@@ -149,8 +149,6 @@ def random_variables(model: nn.Module, input_shape: tuple[int, int, int], *, see
     BN: γ ~ U(0.5, 1.5), β ~ N(0, 0.1²), running mean ~ N(0, 0.2²), var ~ U(0.5, 2); the
     activation l's come from ``calibrate.calibrate`` on ``calib_batches`` N(0, 1) batches.
     """
-    from faq_jax import calibrate  # noqa: PLC0415
-
     key = jax.random.key(seed)
     x = jax.random.normal(key, (batch, *input_shape))
     variables = dict(model.init(jax.random.fold_in(key, 1), x))

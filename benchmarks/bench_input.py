@@ -5,7 +5,7 @@ ToTensor/Normalize, on one core each: the process is pinned to one CPU, tf.data 
 private thread pool of 1 and num_parallel_calls=1, torch with set_num_threads(1) and a
 DataLoader with num_workers=0.
 
-    python benchmarks/input_pipeline.py [--images 200] [--repeats 3]
+    python benchmarks/bench_input.py [--images 200] [--repeats 3]
 """
 
 from __future__ import annotations

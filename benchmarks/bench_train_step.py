@@ -13,11 +13,11 @@ per-tensor weight l from the same rule (k*std at 4 bits, max|w| at 8; first conv
 
 CPU (this repo's 2-core box)::
 
-    python benchmarks/train_step.py --archs resnet18 --batch 8 --steps 2 --reps 5 --peer eager
+    python benchmarks/bench_train_step.py --archs resnet18 --batch 8 --steps 2 --reps 5 --peer eager
 
 GPU (H100; one arch per command keeps each under 10 minutes, most of it compiling)::
 
-    XLA_PYTHON_CLIENT_PREALLOCATE=false python benchmarks/train_step.py --archs resnet18 \
+    XLA_PYTHON_CLIENT_PREALLOCATE=false python benchmarks/bench_train_step.py --archs resnet18 \
         --batch 256 --steps 10 --reps 3 --compute_dtype float32,bfloat16,bfloat16_outputs \
         --peer compile
 

@@ -75,9 +75,9 @@ def runs_of(net: str) -> tuple[str, ...]:
 
 def base_config(net: str, weights: str, norm) -> Any:
     """CIFAR-10 JPEG archives, all 50,000 training images, the 10,000 test images."""
-    from faq_jax import config_defaults
+    from faq_jax.config import defaults
 
-    c = config_defaults.get_base(f"cifar_{net}", 8, 8, dataset="cifar10")
+    c = defaults.get_base(f"cifar_{net}", 8, 8, dataset="cifar10")
     c.num_classes = 10
     c.data.archive = str(SHARED / "cifar10-jpeg.tar.gz")
     c.data.test_archive = str(SHARED / "cifar10-test-jpeg.tar.gz")
@@ -101,7 +101,7 @@ def base_config(net: str, weights: str, norm) -> Any:
 
 def run_config(net: str, name: str, weights: str, adapted: str, norm) -> Any:
     """The config of run ``name`` (see the module docstring)."""
-    from faq_jax import config_defaults
+    from faq_jax.config import defaults
 
     c = base_config(net, weights if name.startswith("fp32") else adapted, norm)
     if name == "fp32_as_is":
@@ -110,19 +110,19 @@ def run_config(net: str, name: str, weights: str, adapted: str, norm) -> Any:
     if name == "fp32_adapted":
         c.quant.enabled, c.stages = False, "pretrain,eval_fp32"
         c.pretrain.num_epochs, c.pretrain.batch_size = ADAPT_EPOCHS, BATCH
-        c.pretrain.optim = config_defaults.optim_config(0.01, "cosine", 1e-4)
+        c.pretrain.optim = defaults.optim_config(0.01, "cosine", 1e-4)
         c.pretrain.optim.final_lr = 0.0
         return c
     c.stages = "calibrate,eval_quant,finetune"
     if name == "w8a8":
         c.num_epochs = 1
-        c.optim = config_defaults.optim_config(1e-4, "constant", 1e-4)
+        c.optim = defaults.optim_config(1e-4, "constant", 1e-4)
         return c
     bits = {"w3a3": 3, "w2a2": 2, "noise_w8": 8, "noise_w2": 2}.get(name, 4)
     c.quant.w_bits = c.quant.a_bits = bits
     c.quant.weight_clip_std = CLIP_K.get(bits, 4.12)
     c.num_epochs = EPOCHS
-    c.optim = config_defaults.optim_config(0.0015, "anneal", 1e-4)
+    c.optim = defaults.optim_config(0.0015, "anneal", 1e-4)
     c.optim.final_lr = 1e-6
     if name == "w4a4_nocalib":
         c.calib.enabled = False
@@ -178,11 +178,11 @@ def predictions(model: Any, variables: dict[str, Any], config: Any) -> dict[str,
     """Predicted class, label and the normalised image of every test image, in order."""
     import jax
 
-    from faq_jax import input_pipeline
+    from faq_jax import data
 
     apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
     preds, labels, images = [], [], []
-    for b in input_pipeline.eval_batches(config, local_batch_size=config.eval_batch_size):
+    for b in data.eval_batches(config, local_batch_size=config.eval_batch_size):
         m = b["mask"]
         preds.append(np.asarray(apply(variables, b["image"])).argmax(-1)[m])
         labels.append(b["label"][m])
@@ -199,11 +199,11 @@ def integer_check(net_name: str, model: Any, variables: dict[str, Any], images: 
     import jax
     import jax.numpy as jnp
 
-    from faq_jax import export, int_executor
+    from faq_jax import export
 
     net = export.export(model, variables, input_shape=images.shape[1:])
     export.save(net, str(out / "integer.npz"))
-    codes = int_executor.input_codes(net, images)
+    codes = export.input_codes(net, images)
     l_in = next(n for n in net.nodes if n["op"] == "input")["l"]
     with jax.enable_x64(True):
         v64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64)
@@ -215,16 +215,16 @@ def integer_check(net_name: str, model: Any, variables: dict[str, Any], images: 
             for i in range(0, len(codes), 500)])
     if net_name == "resnet20":
         runner = "NumPy integer executor"
-        got = np.concatenate([int_executor.run(net, codes[i:i + 250])[0].argmax(-1)
+        got = np.concatenate([export.run(net, codes[i:i + 250])[0].argmax(-1)
                               for i in range(0, len(codes), 250)])
     else:
         import onnxruntime as ort
 
-        from faq_jax import onnx_export
+        from faq_jax.export import onnx_writer
 
         runner = "integer ONNX model (onnxruntime)"
         path = out / "integer.onnx"
-        onnx_export.save(net, str(path))
+        onnx_writer.save(net, str(path))
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
         got = np.concatenate([sess.run(None, {name: codes[i:i + 250]})[0].argmax(-1)
@@ -251,7 +251,8 @@ def run_one(net: str, name: str, wd: pathlib.Path, weights: str, norm, max_steps
     """Runs (or resumes) ``name``; returns its record (summary, predictions file, times)."""
     import jax
 
-    from faq_jax import config_check, models, pretrained, train
+    from faq_jax import converted, models, train
+    from faq_jax import policy as policy_lib
 
     rdir = wd / name
     record_path = rdir / "record.json"
@@ -265,7 +266,7 @@ def run_one(net: str, name: str, wd: pathlib.Path, weights: str, norm, max_steps
         result = train.train_and_evaluate(c, str(rdir / "run"))
         variables = jax.device_get(result.pop("variables"))
         if name == "fp32_adapted" and not pathlib.Path(adapted).exists():
-            pretrained.save(adapted, {k: variables[k] for k in ("params", "batch_stats")},
+            converted.save(adapted, {k: variables[k] for k in ("params", "batch_stats")},
                             {"arch": c.arch, "num_classes": 10,
                              "source": f"benchmarks/cifar10_pretrained.py {name}",
                              "input_normalization": {"mean": list(norm[0]),
@@ -273,7 +274,7 @@ def run_one(net: str, name: str, wd: pathlib.Path, weights: str, norm, max_steps
         record: dict[str, Any] = {"summary": {k: v for k, v in result.items()
                                               if k != "calibrated_lsb"}}
         if not name.startswith("noise_"):
-            policy = config_check.make_policy(c)
+            policy = policy_lib.from_config(c.quant, c.calib)
             model = models.create(c.arch, policy=policy, num_classes=10)
             p = predictions(model, variables, c)
             np.savez_compressed(rdir / "predictions.npz", pred=p["pred"], label=p["label"])
@@ -370,11 +371,11 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown run(s) {sorted(unknown)} for {args.net}; runs: {runs_of(args.net)}")
     if not args.report:
-        from faq_jax import pretrained
+        from faq_jax import converted
 
         wd.mkdir(parents=True, exist_ok=True)
         weights = convert(args.net, wd)
-        norm = pretrained.input_normalization(weights)
+        norm = converted.input_normalization(weights)
         for name in runs_of(args.net):
             if name in wanted:
                 if name != "fp32_adapted" and not name.startswith("fp32") and \

@@ -1,21 +1,21 @@
-"""How close the int8 deployment model (``faq_jax.onnx_deploy``) stays to the bit-exact network.
+"""How close the int8 deployment model (``export.onnx_deploy``) stays to the bit-exact network.
 
 CIFAR-10 test split (all 10,000 images of ``cifar10-test-jpeg.tar.gz``, decoded with PIL,
 [0, 1] RGB normalised with the ImageNet mean / std; labels: class folders sorted):
 
-  python benchmarks/deploy_agreement.py cifar --npz /tmp/study_smoke/resnet20/w8a8/integer.npz
+  python benchmarks/deploy_agreement.py cifar --npz W8A8.npz
   python benchmarks/deploy_agreement.py cifar --bits 4   # W4A4 built here (see --help)
 
 Without ``--npz`` the network is cifar_resnet20 from a converted checkpoint (``--weights``),
 quantized with ``paper_policy(bits, bits)`` and calibrated on ``--calib_images`` training
 images (not fine-tuned). Reports top-1 agreement of onnxruntime's deployment model with
-``int_executor.run``, both accuracies, the fraction of images whose logits differ and the max
+``export.run``, both accuracies, the fraction of images whose logits differ and the max
 relative logit error (max |deploy - executor| / max |executor| per batch), for the default
 residual l (``onnx_deploy.default_residual_l``) and for the one chosen on 256 training images.
 
 ImageNet ResNets at 224 (random weights, random BN statistics, l's calibrated on N(0, 1)
 batches) on CIFAR-10 test images resized to 224 (bilinear); the reference there is the
-bit-exact ONNX model, whose logits equal ``int_executor.run``'s bit for bit (checked on the
+bit-exact ONNX model, whose logits equal ``export.run``'s bit for bit (checked on the
 first image; the NumPy executor takes 15-30 s per image at 224):
 
   python benchmarks/deploy_agreement.py imagenet --archs resnet18,resnet50 --images 1000
@@ -25,18 +25,23 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 import tarfile
 import time
 
 import numpy as np
 
-from faq_jax import export, int_executor, models, onnx_deploy
+from faq_jax import export, models
 from faq_jax import policy as policy_lib
+from faq_jax.config import defaults
+from faq_jax.export import onnx_deploy
 
-TEST = "/work/shared/data/cifar10-test-jpeg.tar.gz"
-TRAIN = "/work/shared/data/cifar10-jpeg.tar.gz"
-CONVERTED = "/tmp/study_smoke/resnet20/converted"
+# ../shared/data beside the repository; a converted cifar_resnet20 (python -m weights_convert
+# --arch cifar_resnet20 --state-dict resnet20-12fca82f.th --out DIR), as the study makes it.
+TEST = defaults.shared_cifar10_test_archive(__file__)
+TRAIN = defaults.shared_cifar10_archive(__file__)
+CONVERTED = os.path.expanduser("~/.cache/faq_jax/study/resnet20/converted")
 MEAN = np.asarray([0.485, 0.456, 0.406], np.float32)
 STD = np.asarray([0.229, 0.224, 0.225], np.float32)
 
@@ -69,17 +74,17 @@ def read_jpegs(archive: str, *, limit_per_class: int | None = None, size: int | 
 
 
 def executor_logits(net, codes: np.ndarray) -> np.ndarray:
-    q, lsb = int_executor.run(net, codes)
+    q, lsb = export.run(net, codes)
     return np.ldexp(q.astype(np.float64), lsb)
 
 
 def bit_exact_onnx(net, threads: int = 2):
     """The bit-exact ONNX model (``onnx_export``) as the reference: its logits equal
-    ``int_executor.run``'s bit for bit (tests/onnx_export_test.py; spot-checked here), and it
+    ``export.run``'s bit for bit (tests/onnx_export_test.py; spot-checked here), and it
     runs ~1000x faster than the NumPy executor at 224x224."""
-    from faq_jax import onnx_export  # noqa: PLC0415
+    from faq_jax.export import onnx_writer  # noqa: PLC0415
 
-    sess = onnx_deploy.session(onnx_export.to_onnx(net), threads=threads)
+    sess = onnx_deploy.session(onnx_writer.to_onnx(net), threads=threads)
     lsb = int(sess.get_modelmeta().custom_metadata_map["logits_l"])
 
     def logits(codes):
@@ -97,7 +102,7 @@ def compare(net, x, labels, sessions: dict[str, object], batch: int = 500,
     exec_correct = 0
     t0 = time.time()
     for i in range(0, n, batch):
-        codes = int_executor.input_codes(net, x[i:i + batch])
+        codes = export.input_codes(net, x[i:i + batch])
         ref = reference(codes)
         exec_correct += int(np.sum(ref.argmax(1) == labels[i:i + batch]))
         for k, sess in sessions.items():
@@ -132,7 +137,7 @@ def cifar(npz: str | None, bits: int, weights: str, calib_images: int, limit: in
           save_npz: str | None = None) -> None:
     import jax  # noqa: PLC0415
 
-    from faq_jax import calibrate, pretrained  # noqa: PLC0415
+    from faq_jax import calibrate, converted  # noqa: PLC0415
 
     per_class = None if limit is None else -(-limit // 10)
     x, labels = read_jpegs(TEST, limit_per_class=per_class)
@@ -145,7 +150,7 @@ def cifar(npz: str | None, bits: int, weights: str, calib_images: int, limit: in
     else:
         model = models.create("cifar_resnet20", policy=policy_lib.paper_policy(bits, bits),
                               num_classes=10)
-        fp = pretrained.load(weights, arch="cifar_resnet20")
+        fp = converted.load(weights, arch="cifar_resnet20")
         variables = {k: fp[k] for k in ("params", "batch_stats")}
         init = jax.eval_shape(lambda v: model.init(jax.random.key(0), v),
                               jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32))
@@ -157,7 +162,7 @@ def cifar(npz: str | None, bits: int, weights: str, calib_images: int, limit: in
             export.save(net, save_npz)
         print(f"network: cifar_resnet20 W{bits}A{bits} (paper rules) from {weights}, "
               f"calibrated on {calib_images} training images, not fine-tuned")
-    calib_codes = int_executor.input_codes(net, xc[:256])
+    calib_codes = export.input_codes(net, xc[:256])
     compare(net, x, labels, _sessions(net, calib_codes))
 
 
@@ -173,11 +178,11 @@ def imagenet(archs: list[str], images: int, bits: int) -> None:
         print(f"\n{arch} W{bits}A{bits}, random weights, calibrated on one N(0, 1) batch; "
               f"{images} CIFAR-10 test images at 224 (1000 random classes: the accuracy "
               "column is meaningless)")
-        calib = int_executor.input_codes(net, xc)
+        calib = export.input_codes(net, xc)
         reference = bit_exact_onnx(net)
-        spot = int_executor.input_codes(net, x[:1])
+        spot = export.input_codes(net, x[:1])
         assert np.array_equal(reference(spot), executor_logits(net, spot))
-        print("reference: the bit-exact ONNX model (equal to int_executor.run bit for bit; "
+        print("reference: the bit-exact ONNX model (equal to export.run bit for bit; "
               "checked here on the first image)")
         compare(net, x, labels, _sessions(net, calib), batch=50, reference=reference)
 

@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from faq_jax import config_defaults, models, quant
+from faq_jax import models, quant
+from faq_jax.config import defaults
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -36,7 +37,7 @@ STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 def load_images(n: int) -> np.ndarray:
     """``n`` CIFAR-10 test images (the first of each class in turn), bilinear 299x299, [0, 1]."""
-    archive = config_defaults.shared_cifar10_archive(__file__).replace(
+    archive = defaults.shared_cifar10_archive(__file__).replace(
         "cifar10-jpeg", "cifar10-test-jpeg")
     tmp = tempfile.mkdtemp()
     with tarfile.open(archive) as tar:

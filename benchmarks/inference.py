@@ -8,7 +8,7 @@ Speed (random weights, random BN statistics, l's calibrated on random data; ResN
 
 prints the machine (date, load average, lscpu model and SIMD flags) and the batch-1 latency
 and batch-32 throughput of three ONNX models of each network: the fp32 graph, the bit-exact
-integer model (``onnx_export``: ConvInteger etc.) and the int8 deployment model
+integer model (``export.onnx_writer``: ConvInteger etc.) and the int8 deployment model
 (``onnx_deploy``: QDQ, fused by onnxruntime into QLinearConv / QLinearAdd).
 
 Agreement on the CIFAR-10 validation split (last 500 images per class):
@@ -34,8 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from faq_jax import export, int_executor, models, onnx_export
+from faq_jax import export, models
 from faq_jax import policy as policy_lib
+from faq_jax.export import onnx_writer
 
 
 def _session(proto, threads: int):
@@ -86,9 +87,9 @@ SPEED_ARCHS = {"resnet18": 224, "resnet50": 224, "resnet20": 32, "cifar_resnet20
 def speed(archs: list[str], bits: int, threads: int, repeats: int, batch_repeats: int,
           size: int | None = None) -> None:
     """Batch-1 latency and batch-32 throughput of three ONNX models of each network: the fp32
-    graph, the bit-exact integer model (``onnx_export``) and the int8 deployment model
+    graph, the bit-exact integer model (``export.onnx_writer``) and the int8 deployment model
     (``onnx_deploy``, QDQ fused into QLinearConv etc.)."""
-    from faq_jax import onnx_deploy  # noqa: PLC0415
+    from faq_jax.export import onnx_deploy  # noqa: PLC0415
 
     rng = np.random.default_rng(0)
     pol = policy_lib.paper_policy(bits, bits)
@@ -108,8 +109,8 @@ def speed(archs: list[str], bits: int, threads: int, repeats: int, batch_repeats
         model = models.create(arch, policy=pol, num_classes=classes)
         variables = export.random_variables(model, (hw, hw, 3), batch=2, calib_batches=1)
         net = export.export(model, variables, input_shape=(hw, hw, 3))
-        protos = {"fp32": onnx_export.to_onnx(net, float_mode=True),
-                  "int": onnx_export.to_onnx(net), "deploy": onnx_deploy.to_onnx(net)}
+        protos = {"fp32": onnx_writer.to_onnx(net, float_mode=True),
+                  "int": onnx_writer.to_onnx(net), "deploy": onnx_deploy.to_onnx(net)}
         res = {}
         for kind, proto in protos.items():
             sess = (onnx_deploy.session(proto, threads=threads) if kind == "deploy"
@@ -130,16 +131,16 @@ def speed(archs: list[str], bits: int, threads: int, repeats: int, batch_repeats
 
 
 def _cifar_config():
-    from faq_jax import config_defaults  # noqa: PLC0415
+    from faq_jax.config import defaults  # noqa: PLC0415
 
-    return config_defaults.cifar10_base(8, 8, config_defaults.shared_cifar10_archive(__file__))
+    return defaults.cifar10_base(8, 8, defaults.shared_cifar10_archive(__file__))
 
 
 def agreement(ckpt: str, bits: int, max_images: int) -> None:
     """Top-1 agreement of executor / ONNX with the simulated network on CIFAR-10 val."""
     import orbax.checkpoint as ocp  # noqa: PLC0415
 
-    from faq_jax import calibrate, input_pipeline  # noqa: PLC0415
+    from faq_jax import calibrate, data  # noqa: PLC0415
 
     path = os.path.abspath(ckpt)
     if os.path.exists(os.path.join(path, "_CHECKPOINT_METADATA")):  # one saved pytree
@@ -160,21 +161,21 @@ def agreement(ckpt: str, bits: int, max_images: int) -> None:
                                 jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
         variables["quant"] = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                                           shapes["quant"])
-        batches = input_pipeline.calibration_batches(config, local_batch_size=128,
+        batches = data.calibration_batches(config, local_batch_size=128,
                                                      num_batches=5)
         variables["quant"] = calibrate.calibrate(model, variables,
                                                  (b["image"] for b in batches))
         how = "calibrated here on 5 training batches"
     net = export.export(model, variables, input_shape=(32, 32, 3))
-    sess = _session(onnx_export.to_onnx(net), threads=2)
+    sess = _session(onnx_writer.to_onnx(net), threads=2)
     sim32 = jax.jit(lambda v, x: model.apply(v, x, train=False))
     n = agree_exec = agree_onnx = exact64 = onnx_exec = correct = 0
     t0 = time.time()
-    for batch in input_pipeline.eval_batches(config, local_batch_size=500):
+    for batch in data.eval_batches(config, local_batch_size=500):
         keep = batch["mask"]
-        codes = int_executor.input_codes(net, batch["image"])[keep]
+        codes = export.input_codes(net, batch["image"])[keep]
         ref32 = np.asarray(sim32(variables, jnp.asarray(batch["image"][keep], jnp.float32)))
-        q, lsb = int_executor.run(net, codes)
+        q, lsb = export.run(net, codes)
         with jax.enable_x64(True):
             x64 = jnp.ldexp(jnp.asarray(codes, jnp.float64), net.nodes[0]["l"])
             ref64 = np.asarray(sim32(variables, x64))

@@ -1,6 +1,6 @@
 """Where a training step's time goes: per-kernel profile of the faq_jax step (and the peer).
 
-Builds the same steps as ``train_step.py`` (one full training step, donated state, in-memory
+Builds the same steps as ``bench_train_step.py`` (one full training step, donated state, in-memory
 batch), traces ``--steps`` of them with ``jax.profiler`` and sums the time of every XLA
 operation (CPU: the thunks' events; GPU: the kernels of each HLO instruction); the trace
 reading and the categories are ``xla_profile.py``'s:
@@ -18,7 +18,7 @@ Then a table per variant (ms per step per category, share of the step) and the d
 each variant from the first (what quantization adds, category by category), and the slowest
 operations. With ``--peer``, torch.profiler's view of the PyTorch peer (self time per kernel
 or op, the same categories guessed from kernel names). With ``--reps N`` it first times the
-same compiled variants as ``train_step.py`` does (its table and ratios), so one command gives
+same compiled variants as ``bench_train_step.py`` does (its table and ratios), so one command gives
 both and compiles each variant once.
 
 CPU (as the train-step table)::
@@ -43,9 +43,9 @@ import collections
 import re
 import time
 
+import bench_train_step as ts  # this directory (the step builders and the torch peer)
 import jax
-import train_step as ts  # this directory (the step builders and the torch peer)
-from train_step import torch
+from bench_train_step import torch
 from xla_profile import CATEGORIES, hlo_categories, trace_ops
 
 
@@ -147,7 +147,7 @@ def profile_torch(v: ts.Variant, steps: int, top: int) -> None:
 def main() -> None:
     p = ts.step_arg_parser(__doc__.split("\n")[0], archs="resnet50", steps_gpu=5,
                            policies="fp32,w4a4", compute_dtype="float32", peer="", reps=0,
-                           reps_help="also time the variants as train_step.py does (its "
+                           reps_help="also time the variants as bench_train_step.py does (its "
                                      "table and ratios) before profiling; 0: profile only")
     p.add_argument("--top", type=int, default=12, help="slowest operations listed per variant")
     args = ts.parse_step_args(p)

@@ -10,23 +10,23 @@ For FAQ on a converged network, start from the published CIFAR ResNets instead
   python -m faq_jax.main --config=configs/cifar10_r20_fp32.py --workdir=~/faq/cifar10_r20_fp32
 
 Then save the trained weights for FAQ runs:
-``faq_jax.pretrained.save(dir, {"params", "batch_stats"}, {"arch": "resnet20", ...})``.
+``faq_jax.converted.save(dir, {"params", "batch_stats"}, {"arch": "resnet20", ...})``.
 """
 
-from faq_jax import config_defaults as common
+from faq_jax.config import defaults
 
 # ../shared/data/cifar10-jpeg.tar.gz and cifar10-test-jpeg.tar.gz beside the repository.
-ARCHIVE = common.shared_cifar10_archive(__file__)
-TEST_ARCHIVE = common.shared_cifar10_test_archive(__file__)
+ARCHIVE = defaults.shared_cifar10_archive(__file__)
+TEST_ARCHIVE = defaults.shared_cifar10_test_archive(__file__)
 
 
 def get_config(arg=None):
-    c = common.cifar10_base(8, 8, ARCHIVE, TEST_ARCHIVE)
+    c = defaults.cifar10_base(8, 8, ARCHIVE, TEST_ARCHIVE)
     c.quant.enabled = False
     c.init = "random"
     c.stages = "pretrain,eval_fp32"
     c.pretrain.num_epochs = 64
     c.pretrain.batch_size = 128
-    c.pretrain.optim = common.optim_config(0.1, "step", 1e-4)
+    c.pretrain.optim = defaults.optim_config(0.1, "step", 1e-4)
     c.pretrain.optim.step_epochs = (32, 48)
-    return common.with_arg(c, arg)
+    return defaults.with_arg(c, arg)

@@ -12,18 +12,18 @@ from the 10-epoch 80.04 baseline): 71.26 before, 79.16 after fine-tuning.
       --config.init_checkpoint=~/faq/cifar10_r20_fp32_weights
 """
 
-from faq_jax import config_defaults as common
+from faq_jax.config import defaults
 
 # ../shared/data/cifar10-jpeg.tar.gz and cifar10-test-jpeg.tar.gz beside the repository.
-ARCHIVE = common.shared_cifar10_archive(__file__)
-TEST_ARCHIVE = common.shared_cifar10_test_archive(__file__)
+ARCHIVE = defaults.shared_cifar10_archive(__file__)
+TEST_ARCHIVE = defaults.shared_cifar10_test_archive(__file__)
 
 
 def get_config(arg=None):
-    c = common.cifar10_base(4, 4, ARCHIVE, TEST_ARCHIVE)
+    c = defaults.cifar10_base(4, 4, ARCHIVE, TEST_ARCHIVE)
     c.init = "pretrained"
     c.stages = "eval_fp32,calibrate,eval_quant,finetune"
     c.num_epochs = 30
-    c.optim = common.optim_config(0.0015, "exponential", 1e-4)
+    c.optim = defaults.optim_config(0.0015, "exponential", 1e-4)
     c.optim.decay_rate = 0.85
-    return common.with_arg(c, arg)
+    return defaults.with_arg(c, arg)

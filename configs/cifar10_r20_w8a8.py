@@ -9,17 +9,17 @@ from the 10-epoch 80.04 baseline): 79.54 before, 79.90 after fine-tuning.
       --config.init_checkpoint=~/faq/cifar10_r20_fp32_weights
 """
 
-from faq_jax import config_defaults as common
+from faq_jax.config import defaults
 
 # ../shared/data/cifar10-jpeg.tar.gz and cifar10-test-jpeg.tar.gz beside the repository.
-ARCHIVE = common.shared_cifar10_archive(__file__)
-TEST_ARCHIVE = common.shared_cifar10_test_archive(__file__)
+ARCHIVE = defaults.shared_cifar10_archive(__file__)
+TEST_ARCHIVE = defaults.shared_cifar10_test_archive(__file__)
 
 
 def get_config(arg=None):
-    c = common.cifar10_base(8, 8, ARCHIVE, TEST_ARCHIVE)
+    c = defaults.cifar10_base(8, 8, ARCHIVE, TEST_ARCHIVE)
     c.init = "pretrained"
     c.stages = "eval_fp32,calibrate,eval_quant,finetune"
     c.num_epochs = 1
-    c.optim = common.optim_config(1e-4, "constant", 1e-4)
-    return common.with_arg(c, arg)
+    c.optim = defaults.optim_config(1e-4, "constant", 1e-4)
+    return defaults.with_arg(c, arg)

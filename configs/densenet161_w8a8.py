@@ -8,8 +8,8 @@ Paper top-1 / top-5: 77.84 / 93.91 (fp32 baseline 77.65 / 93.80).
       --config.init_checkpoint=~/faq/densenet161_fp32 --config.data.data_dir=~/tensorflow_datasets
 """
 
-from faq_jax import config_defaults as common
+from faq_jax.config import defaults
 
 
 def get_config(arg=None):
-    return common.with_arg(common.paper_finetune("densenet161", 8), arg)
+    return defaults.with_arg(defaults.paper_finetune("densenet161", 8), arg)

@@ -8,8 +8,8 @@ on the 300 held-out digits (one image = 0.33 points).
   python -m faq_jax.main --config=configs/digits_r20_w4a4.py --workdir=/tmp/faq_digits
 """
 
-from faq_jax import config_defaults as common
+from faq_jax.config import defaults, demo
 
 
 def get_config(arg=None):
-    return common.with_arg(common.default_config(), arg)
+    return defaults.with_arg(demo.get_config(), arg)

@@ -8,8 +8,8 @@ Paper top-1 / top-5: 77.60 / 93.59 (fp32 baseline 77.45 / 93.56).
       --config.init_checkpoint=~/faq/inception_v3_fp32 --config.data.data_dir=~/tensorflow_datasets
 """
 
-from faq_jax import config_defaults as common
+from faq_jax.config import defaults
 
 
 def get_config(arg=None):
-    return common.with_arg(common.paper_finetune("inception_v3", 8), arg)
+    return defaults.with_arg(defaults.paper_finetune("inception_v3", 8), arg)

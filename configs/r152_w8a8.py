@@ -8,8 +8,8 @@ Paper top-1 / top-5: 78.54 / 94.07 (fp32 baseline 78.31 / 94.06).
       --config.init_checkpoint=~/faq/resnet152_fp32 --config.data.data_dir=~/tensorflow_datasets
 """
 
-from faq_jax import config_defaults as common
+from faq_jax.config import defaults
 
 
 def get_config(arg=None):
-    return common.with_arg(common.paper_finetune("resnet152", 8), arg)
+    return defaults.with_arg(defaults.paper_finetune("resnet152", 8), arg)

@@ -12,15 +12,15 @@ Paper top-1: 69.96 (FAQ 110 epochs: 69.82).
       --config.init_checkpoint=~/faq/resnet18_fp32 --config.data.data_dir=~/tensorflow_datasets
 """
 
-from faq_jax import config_defaults as common
+from faq_jax.config import defaults
 
 
 def get_config(arg=None):
-    c = common.paper_finetune("resnet18", 4)
+    c = defaults.paper_finetune("resnet18", 4)
     c.num_epochs = 165
     c.batch_size = 256
     c.micro_batch_size = 256
     c.batch_schedule = ((0, 256), (55, 512), (150, 1024), (160, 2048))
     # Same first and last learning rate as the 110-epoch run (decay after epochs 1..164).
     c.optim.decay_rate = round(c.optim.decay_rate ** (109 / 164), 6)
-    return common.with_arg(c, arg)
+    return defaults.with_arg(c, arg)

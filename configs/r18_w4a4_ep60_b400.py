@@ -10,13 +10,13 @@ Paper top-1: 69.40 (FAQ 110 epochs: 69.82).
       --config.init_checkpoint=~/faq/resnet18_fp32 --config.data.data_dir=~/tensorflow_datasets
 """
 
-from faq_jax import config_defaults as common
+from faq_jax.config import defaults
 
 
 def get_config(arg=None):
-    c = common.paper_finetune("resnet18", 4)
+    c = defaults.paper_finetune("resnet18", 4)
     c.num_epochs = 60
     c.batch_size = 400
     # Same first and last learning rate as the 110-epoch run (decay after epochs 1..109).
     c.optim.decay_rate = round(c.optim.decay_rate ** (109 / 59), 6)
-    return common.with_arg(c, arg)
+    return defaults.with_arg(c, arg)

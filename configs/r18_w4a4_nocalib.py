@@ -6,11 +6,11 @@ Paper top-1: 69.19 (FAQ 110 epochs: 69.82).
       --config.init_checkpoint=~/faq/resnet18_fp32 --config.data.data_dir=~/tensorflow_datasets
 """
 
-from faq_jax import config_defaults as common
+from faq_jax.config import defaults
 
 
 def get_config(arg=None):
-    c = common.paper_finetune("resnet18", 4)
+    c = defaults.paper_finetune("resnet18", 4)
     c.calib.enabled = False
     c.stages = "eval_fp32,eval_quant,finetune"
-    return common.with_arg(c, arg)
+    return defaults.with_arg(c, arg)

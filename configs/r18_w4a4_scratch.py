@@ -10,11 +10,11 @@ the schedules as above.
   python -m faq_jax.main --config=configs/r18_w4a4_scratch.py:step --workdir=~/faq/r18_w4a4_scratch_step ...
 """
 
-from faq_jax import config_defaults as common
+from faq_jax.config import defaults
 
 
 def get_config(arg=None):
-    c = common.paper_finetune("resnet18", 4)
+    c = defaults.paper_finetune("resnet18", 4)
     c.init = "random"
     c.calib.enabled = False
     c.stages = "finetune"
@@ -27,4 +27,4 @@ def get_config(arg=None):
     else:
         c.optim.schedule = "exponential"
         c.optim.decay_rate = 0.901
-    return common.with_arg(c, arg)
+    return defaults.with_arg(c, arg)

@@ -6,13 +6,13 @@ Paper top-1: 69.90 (FAQ 110 epochs: 69.82).
       --config.init_checkpoint=~/faq/resnet18_fp32 --config.data.data_dir=~/tensorflow_datasets
 """
 
-from faq_jax import config_defaults as common
+from faq_jax.config import defaults
 
 
 def get_config(arg=None):
-    c = common.paper_finetune("resnet18", 4)
+    c = defaults.paper_finetune("resnet18", 4)
     c.optim.lr = 1e-3
     c.optim.schedule = "step"
     c.optim.step_epochs = (30, 60, 90)
     c.optim.step_factor = 0.1
-    return common.with_arg(c, arg)
+    return defaults.with_arg(c, arg)

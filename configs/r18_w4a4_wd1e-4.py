@@ -6,10 +6,10 @@ Paper top-1: 69.59 (FAQ 110 epochs: 69.82).
       --config.init_checkpoint=~/faq/resnet18_fp32 --config.data.data_dir=~/tensorflow_datasets
 """
 
-from faq_jax import config_defaults as common
+from faq_jax.config import defaults
 
 
 def get_config(arg=None):
-    c = common.paper_finetune("resnet18", 4)
+    c = defaults.paper_finetune("resnet18", 4)
     c.optim.weight_decay = 1e-4
-    return common.with_arg(c, arg)
+    return defaults.with_arg(c, arg)

@@ -8,8 +8,8 @@ Paper top-1 / top-5: 70.02 / 89.32 (fp32 baseline 69.76 / 89.08).
       --config.init_checkpoint=~/faq/resnet18_fp32 --config.data.data_dir=~/tensorflow_datasets
 """
 
-from faq_jax import config_defaults as common
+from faq_jax.config import defaults
 
 
 def get_config(arg=None):
-    return common.with_arg(common.paper_finetune("resnet18", 8), arg)
+    return defaults.with_arg(defaults.paper_finetune("resnet18", 8), arg)

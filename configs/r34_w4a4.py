@@ -8,8 +8,8 @@ Paper top-1 / top-5: 73.31 / 91.32 (fp32 baseline 73.30 / 91.42).
       --config.init_checkpoint=~/faq/resnet34_fp32 --config.data.data_dir=~/tensorflow_datasets
 """
 
-from faq_jax import config_defaults as common
+from faq_jax.config import defaults
 
 
 def get_config(arg=None):
-    return common.with_arg(common.paper_finetune("resnet34", 4), arg)
+    return defaults.with_arg(defaults.paper_finetune("resnet34", 4), arg)

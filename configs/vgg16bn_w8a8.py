@@ -8,8 +8,8 @@ Paper top-1 / top-5: 73.66 / 91.56 (fp32 baseline 73.36 / 91.50).
       --config.init_checkpoint=~/faq/vgg16_bn_fp32 --config.data.data_dir=~/tensorflow_datasets
 """
 
-from faq_jax import config_defaults as common
+from faq_jax.config import defaults
 
 
 def get_config(arg=None):
-    return common.with_arg(common.paper_finetune("vgg16_bn", 8), arg)
+    return defaults.with_arg(defaults.paper_finetune("vgg16_bn", 8), arg)

@@ -4,7 +4,7 @@
   ``δw_t = w_t - w_{t-1}`` and an exponential moving average (factor 0.9) of the quantized
   step ``Q(w_t) - Q(w_{t-1})``, Q being the layer's weight quantizer (its bits from the
   precision policy, l recomputed from each w as in training). :class:`GradNoise` is pure and
-  jitted; ``train.fit`` runs it every step when ``config.analysis.grad_noise`` is set.
+  jitted; ``trainer.Trainer`` runs it every step when ``config.analysis.grad_noise`` is set.
 - Weight similarity (Fig. 2): per layer, the mean over output channels (neurons) of the
   cosine between a neuron's weights before and after training.
 """
@@ -19,18 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from faq_jax import quant
+from faq_jax import keypaths
 from faq_jax.policy import Policy
 
 
 def _kernel_items(params: Any) -> list[tuple[str, Any]]:
     """(module path, kernel) of every conv/dense kernel of a ``params`` tree."""
-    out = []
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        keys = [str(getattr(k, "key", k)) for k in path]
-        if keys[-1] == "kernel":
-            out.append(("/".join(keys[:-1]), leaf))
-    return out
+    return list(keypaths.owners(params, "kernel").items())
 
 
 def column_cosines(a: Any, b: Any, xp: Any = np) -> Any:
@@ -71,11 +66,7 @@ class GradNoise:
 
     def quantize(self, path: str, w: jax.Array) -> jax.Array:
         """Q(w) with the layer's weight bits and a per-step l (what the forward pass uses)."""
-        if self.policy is None:
-            return w
-        bits = self.policy.weight_bits(path)
-        lsb = quant.weight_lsb(w, bits=bits, clip_std=self.policy.clip_std(bits))
-        return quant.fixed_point(w, bits=bits, lsb=lsb, signed=True)
+        return w if self.policy is None else self.policy.quantize_weight(path, w)
 
     def init(self, params: Any) -> dict[str, jax.Array]:
         """Zero EMA of the quantized step, one per kernel."""

@@ -1,15 +1,13 @@
-"""Orbax checkpoints of the TrainState, a workdir guard, and preemption handling.
+"""Orbax checkpoints of the TrainState, and preemption handling.
 
-A workdir belongs to one experiment: ``experiment.json`` records what defines it (arch,
-classes, precision, dataset) and a run with a different definition refuses to touch it.
-A checkpoint that cannot be restored stops the run with an error; it is never replaced
-by a fresh start.
+A checkpoint that cannot be restored stops the run with an error
+(:class:`faq_jax.workdir.CheckpointError`); it is never replaced by a fresh start. Where
+the checkpoint folders of a workdir are is :mod:`faq_jax.workdir`'s business.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import dataclasses
 import signal
 import threading
 from typing import Any
@@ -19,49 +17,33 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-
-class CheckpointError(ValueError):
-    """A checkpoint or workdir that cannot be used; the message says what to do."""
-
-
-def check_workdir(workdir: str, experiment: dict[str, Any]) -> None:
-    """Records ``experiment`` in the workdir, or checks it matches what is there."""
-    path = epath.Path(workdir) / "experiment.json"
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{path} is corrupt ({e}); it identifies the experiment "
-                                  "whose checkpoints live in this workdir. Restore it or "
-                                  "use a new --workdir.") from e
-        diff = {k: (old.get(k), v) for k, v in experiment.items() if old.get(k) != v}
-        if diff:
-            details = "; ".join(f"{k}: workdir has {a!r}, config has {b!r}"
-                                for k, (a, b) in diff.items())
-            raise CheckpointError(f"workdir {workdir} holds another experiment ({details}). "
-                                  "Use a new --workdir, or delete this one deliberately.")
-        return
-    if jax.process_index() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / "experiment.json.tmp"
-        tmp.write_text(json.dumps(experiment, indent=2, sort_keys=True))
-        os.replace(tmp, path)
-
-
-def absolute(path: str) -> str:
-    """``path`` made absolute when it is local (orbax refuses relative paths); URLs as given."""
-    return path if "://" in str(path) else os.path.abspath(path)
+from faq_jax import workdir
+from faq_jax.workdir import CheckpointError
 
 
 def latest_step(directory: str) -> int | None:
     """The newest checkpoint step in ``directory`` (None if none), touching nothing else."""
     if not epath.Path(directory).exists():
         return None
-    manager = ocp.CheckpointManager(absolute(directory))
+    manager = ocp.CheckpointManager(workdir.absolute(directory))
     try:
         return manager.latest_step()
     finally:
         manager.close()
+
+
+def restore_latest(directory: str) -> tuple[int, dict[str, Any]]:
+    """(step, state as a dict of its fields) of the newest checkpoint in ``directory``, read
+    without a target structure (any TrainState); CheckpointError when there is none."""
+    manager = ocp.CheckpointManager(workdir.absolute(directory))
+    try:
+        step = manager.latest_step()
+        if step is None:
+            raise CheckpointError(f"{directory}: no checkpoint")
+        state = manager.restore(step, args=ocp.args.StandardRestore())
+    finally:
+        manager.close()
+    return step, state if isinstance(state, dict) else dataclasses.asdict(state)
 
 
 class Checkpointer:
@@ -72,7 +54,7 @@ class Checkpointer:
     """
 
     def __init__(self, directory: str, *, keep: int = 2, save_every_steps: int = 1000):
-        self.directory = epath.Path(absolute(directory))
+        self.directory = epath.Path(workdir.absolute(directory))
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                save_interval_steps=max(1, save_every_steps))
         self.manager = ocp.CheckpointManager(self.directory, options=options)

@@ -13,8 +13,9 @@ the l its batch asks for. Activation l's live in the ``quant`` collection, never
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -25,6 +26,9 @@ from faq_jax.policy import Policy
 
 Initializer = Callable[..., jax.Array]
 Padding = Sequence[tuple[int, int]]
+# A layer constructor, usually a functools.partial of one of the modules below with the
+# policy (and dtype, train) bound: networks build them once and hand them to their blocks.
+ModuleDef = Callable[..., nn.Module]
 
 QUANT = "quant"  # collection of frozen activation l's
 CALIB = "calib"  # collection sown during calibration
@@ -45,12 +49,6 @@ def _calibrating(module: nn.Module) -> bool:
 def _active(module: nn.Module) -> bool:
     """Quantize unless the policy is off or this is a calibration pass."""
     return module.policy is not None and not _calibrating(module)
-
-
-def _quantize_weight(module: nn.Module, w: jax.Array) -> jax.Array:
-    bits = module.policy.weight_bits(_path(module))
-    lsb = quant.weight_lsb(w, bits=bits, clip_std=module.policy.clip_std(bits))
-    return quant.fixed_point(w, bits=bits, lsb=lsb, signed=True)
 
 
 def _quantize_bias(module: nn.Module, b: jax.Array) -> jax.Array:
@@ -121,7 +119,7 @@ class Conv(nn.Module):
         shape = (*self.kernel_size, in_features // self.feature_group_count, self.features)
         kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
         if _active(self):
-            kernel = _quantize_weight(self, kernel)
+            kernel = self.policy.quantize_weight(_path(self), kernel)
         lhs, rhs, acc = _operands(x, kernel, self.dtype)
         y = jax.lax.conv_general_dilated(
             lhs, rhs, window_strides=self.strides, padding=[tuple(p) for p in self.padding],
@@ -151,7 +149,7 @@ class Dense(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features),
                             jnp.float32)
         if _active(self):
-            kernel = _quantize_weight(self, kernel)
+            kernel = self.policy.quantize_weight(_path(self), kernel)
         lhs, rhs, acc = _operands(x, kernel, self.dtype)
         y = jax.lax.dot_general(lhs, rhs, (((lhs.ndim - 1,), (0,)), ((), ())),
                                 preferred_element_type=acc)
@@ -163,6 +161,14 @@ class Dense(nn.Module):
         return y
 
 
+def fold_batch_norm(gamma: jax.Array, beta: jax.Array, mean: jax.Array, var: jax.Array,
+                    epsilon: float) -> tuple[jax.Array, jax.Array]:
+    """BatchNorm as ``y = x s + t``: ``s = γ / sqrt(v + ε)``, ``t = β - μ s`` (the exporter
+    folds the running statistics with this very function)."""
+    s = gamma * jax.lax.rsqrt(var + epsilon)
+    return s, beta - mean * s
+
+
 class BatchNorm(nn.Module):
     """BatchNorm in torch's semantics, applied in its folded form ``y = x s + t``.
 
@@ -170,14 +176,19 @@ class BatchNorm(nn.Module):
     averages in eval). With a policy (and ``policy.quantize_bn``) s is signed 8-bit with
     l = -4 and t signed 32-bit with l = -16. Running statistics follow torch: momentum
     0.1 (Flax's 0.9) and the *unbiased* batch variance in the running average.
+
+    ``train`` is given either as a field (a network binds it once in its layer
+    constructors, as Flax's ``use_running_average``) or to ``__call__``, not both.
     """
 
     momentum: float = 0.9
     epsilon: float = 1e-5
     policy: Policy | None = None
+    train: bool | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool | None = None) -> jax.Array:
+        train = nn.merge_param("train", self.train, train)
         c = x.shape[-1]
         # Statistics, scale/shift and their gradients in (at least) float32 whatever x's
         # dtype, as cuDNN's BN does for bf16 tensors; only the output takes x's dtype.
@@ -198,8 +209,7 @@ class BatchNorm(nn.Module):
                 ra_var.value = m * ra_var.value + (1 - m) * jax.lax.stop_gradient(unbiased)
         else:
             mean, var = ra_mean.value, ra_var.value
-        s = gamma * jax.lax.rsqrt(var + self.epsilon)
-        t = beta - mean * s
+        s, t = fold_batch_norm(gamma, beta, mean, var, self.epsilon)
         if _active(self) and self.policy.quantize_bn:
             p = self.policy
             s = quant.fixed_point(s, bits=p.bn_scale_bits, lsb=p.bn_scale_lsb, signed=True)
@@ -247,6 +257,26 @@ class InputQuant(nn.Module):
             return x
         p = self.policy
         return quant.fixed_point(x, bits=p.input_bits, lsb=p.input_lsb, signed=True)
+
+
+class Defs(NamedTuple):
+    """The layer constructors of one network, bound to its policy, dtype and train mode."""
+
+    conv: ModuleDef  # Conv(features, kernel_size, strides, padding, ...)
+    norm: ModuleDef  # BatchNorm(...) -> called on x alone
+    act: ModuleDef  # ActQuant(...): ReLU + quantizer; act(relu=False) re-quantizes
+    dense: ModuleDef  # Dense(features, ...)
+
+
+def defs(policy: Policy | None, dtype: Any = None, train: bool = False) -> Defs:
+    """``conv, norm, act, dense`` for a network's ``__call__`` to build once and hand to its
+    blocks (the Flax ImageNet example's ``conv: ModuleDef``): every quantizer reads
+    ``policy`` (None: the float layers), convs and dense layers compute in ``dtype``, and
+    BatchNorm runs in ``train`` mode."""
+    return Defs(functools.partial(Conv, policy=policy, dtype=dtype),
+                functools.partial(BatchNorm, policy=policy, train=train),
+                functools.partial(ActQuant, policy=policy),
+                functools.partial(Dense, policy=policy, dtype=dtype))
 
 
 def torch_pad(kernel: int, padding: int) -> tuple[tuple[int, int], tuple[int, int]]:

@@ -12,7 +12,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-_DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "default_config.py")
+_DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "demo.py")
 config_flags.DEFINE_config_file("config", _DEFAULT, "Experiment config file (configs/*.py); "
                                 "default: the embedded digits demo.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard events and summary.json.")

@@ -14,6 +14,10 @@ model names for itself:
 FAQ's 4-bit networks (FAQ.md section 4) keep ``@first``/``@last`` weights and the
 ``@last_act``/``@classifier_input`` activations at 8 bits: :func:`paper_policy` builds
 exactly that; W8A8, W4A8, W2A2 or any mix is the same data with other numbers.
+
+A policy also owns the weight quantizer's recipe (:meth:`Policy.weight_grid`,
+:meth:`Policy.quantize_weight`): the layers, the gradient-noise measure and the exporter all
+quantize a kernel through it. :func:`from_config` builds the policy a run's config describes.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jax
 
 from faq_jax import quant
 
@@ -65,7 +72,7 @@ class Policy:
     bias_lsb: int = -16
     input_bits: int = 8  # the normalised image: signed 8-bit, l = -5 covers ±3.97
     input_lsb: int = -5
-    percentile_8bit: float = 99.99  # calibration percentile for >= 8-bit activations
+    percentile_8bit: float = 99.99  # calibration percentile for >= maxabs_bits activations
     percentile_lowbit: float = 99.9  # ... and below 8 bits
     roles: tuple[tuple[str, str], ...] = ()  # (role, "|"-separated paths/globs), from the model
 
@@ -122,9 +129,22 @@ class Policy:
         """k of the weight rule for ``bits``, or None for the max-abs rule."""
         return None if bits >= self.maxabs_bits else self.weight_clip_std
 
+    def weight_grid(self, path: str, w: jax.Array) -> tuple[int, jax.Array]:
+        """(b, l) of the conv/dense kernel ``w`` at ``path``: its width from the rules, and
+        ``quant.weight_lsb`` of ``w`` (recomputed from ``w`` at every step)."""
+        bits = self.weight_bits(path)
+        return bits, quant.weight_lsb(w, bits=bits, clip_std=self.clip_std(bits))
+
+    def quantize_weight(self, path: str, w: jax.Array) -> jax.Array:
+        """Q_{b,l}(w) of the conv/dense kernel at ``path`` (:meth:`weight_grid`), as the
+        forward pass uses it."""
+        bits, lsb = self.weight_grid(path, w)
+        return quant.fixed_point(w, bits=bits, lsb=lsb, signed=True)
+
     def percentile(self, bits: int) -> float:
-        """Calibration percentile for an activation of ``bits`` (99.99 at 8, 99.9 below)."""
-        return self.percentile_8bit if bits >= 8 else self.percentile_lowbit
+        """Calibration percentile for an activation of ``bits``: ``percentile_8bit`` (99.99)
+        from ``maxabs_bits`` (8) up, ``percentile_lowbit`` (99.9) below."""
+        return self.percentile_8bit if bits >= self.maxabs_bits else self.percentile_lowbit
 
     def validate(self, weight_paths: Iterable[str], act_paths: Iterable[str]) -> None:
         """Raises ValueError for a rule that names no layer of the model."""
@@ -156,6 +176,29 @@ def paper_policy(w_bits: int, a_bits: int, **kwargs) -> Policy:
         rules += [Rule("@last_act", a_bits=8), Rule("@classifier_input", a_bits=8)]
     extra = tuple(kwargs.pop("rules", ()))
     return Policy(w_bits=w_bits, a_bits=a_bits, rules=tuple(rules) + extra, **kwargs)
+
+
+def from_config(quant_config: Any, calib_config: Any) -> Policy | None:
+    """The policy of a run's ``config.quant`` and ``config.calib`` (None: quantization off).
+
+    Reads the fields by attribute (any ConfigDict-like object). ``quant.paper_rules`` adds
+    :func:`paper_policy`'s 8-bit first/last layers below 8 bits; ``quant.rules`` are
+    (match, w_bits, a_bits) triples appended after them. Raises ValueError on bad values.
+    """
+    q, c = quant_config, calib_config
+    if not q.enabled:
+        return None
+    kwargs = dict(
+        rules=tuple(Rule(*r) for r in q.rules),
+        weight_clip_std=q.weight_clip_std, maxabs_bits=q.maxabs_bits,
+        quantize_bn=q.quantize_bn, bn_scale_bits=q.bn_scale_bits, bn_scale_lsb=q.bn_scale_lsb,
+        bn_shift_bits=q.bn_shift_bits, bn_shift_lsb=q.bn_shift_lsb, bias_bits=q.bias_bits,
+        bias_lsb=q.bias_lsb, input_bits=q.input_bits, input_lsb=q.input_lsb,
+        percentile_8bit=c.percentile_8bit, percentile_lowbit=c.percentile_lowbit,
+    )
+    if q.paper_rules:
+        return paper_policy(q.w_bits, q.a_bits, **kwargs)
+    return Policy(w_bits=q.w_bits, a_bits=q.a_bits, **kwargs)
 
 
 W8A8 = paper_policy(8, 8)

@@ -184,14 +184,22 @@ def fixed_point(x: jax.Array, *, bits: int, lsb, signed: bool) -> jax.Array:
 
 def to_codes(x: jax.Array, *, bits: int, lsb, signed: bool) -> jax.Array:
     """The clipped integer codes of Q_{b,l}(x) (int32/int64): what an integer network stores."""
+    return codes_and_overflow(x, bits=bits, lsb=lsb, signed=signed)[0]
+
+
+def codes_and_overflow(x: jax.Array, *, bits: int, lsb, signed: bool,
+                       ) -> tuple[jax.Array, jax.Array]:
+    """:func:`to_codes` of x, and whether any value of x lay beyond the ``bits`` range
+    (was clipped): the exporter refuses constants that the quantizer would clip."""
     bits = check_bits(bits)
     _check_lsb(lsb)
     x = jnp.asarray(x)
     lo, hi = int_range(bits, signed)
     mode = _shift_mode(lsb)
-    codes = jnp.clip(_codes(x, jnp.asarray(lsb, _compute_dtype(x.dtype)), bits, signed, mode),
-                     lo, hi)
-    return codes.astype(jnp.int64 if bits > 31 and jax.config.jax_enable_x64 else jnp.int32)
+    raw = _codes(x, jnp.asarray(lsb, _compute_dtype(x.dtype)), bits, signed, mode)
+    codes = jnp.clip(raw, lo, hi)
+    dtype = jnp.int64 if bits > 31 and jax.config.jax_enable_x64 else jnp.int32
+    return codes.astype(dtype), jnp.any((raw < lo) | (raw > hi))
 
 
 def weight_lsb(w: jax.Array, *, bits: int, clip_std: float | None) -> jax.Array:

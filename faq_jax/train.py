@@ -8,10 +8,6 @@ in ``workdir/summary.json``).
 
 from __future__ import annotations
 
-import json
-import os
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -19,50 +15,23 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from etils import epath
 
 from faq_jax import (
     analysis,
     checkpointing,
-    config_check,
-    input_pipeline,
+    converted,
+    keypaths,
     layers,
-    lazy_imports,
     models,
-    optim,
     sharding,
-    steps,
+    trainer,
 )
 from faq_jax import calibrate as calibrate_lib
+from faq_jax import data as data_lib
+from faq_jax import workdir as workdir_lib
+from faq_jax.config import check as config_check
 
-
-def _clu() -> tuple[Any, Any]:
-    """clu's writers load TensorFlow: import them late, in the safe order."""
-    lazy_imports.tensorflow()
-    from clu import metric_writers, periodic_actions  # noqa: PLC0415
-
-    return metric_writers, periodic_actions
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or Inf; the message names the step."""
-
-
-def _summary_path(workdir: str) -> epath.Path:
-    return epath.Path(workdir) / "summary.json"
-
-
-def _load_summary(workdir: str) -> dict[str, Any]:
-    path = _summary_path(workdir)
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _save_summary(workdir: str, summary: dict[str, Any]) -> None:
-    if jax.process_index() == 0:
-        path = _summary_path(workdir)
-        tmp = path.parent / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
-        os.replace(tmp, path)
+NonFiniteLossError = trainer.NonFiniteLossError  # what a diverged run raises
 
 
 def _initial_variables(config: ml_collections.ConfigDict, float_model, quant_model,
@@ -71,10 +40,8 @@ def _initial_variables(config: ml_collections.ConfigDict, float_model, quant_mod
     x = jnp.zeros((1, *image_shape), jnp.float32)
     key = jax.random.key(config.seed)
     if config.init == "pretrained" and config.init_checkpoint:
-        from faq_jax import pretrained  # noqa: PLC0415 - only this path needs it
-
-        loaded = pretrained.load(config.init_checkpoint, arch=config.arch)
-        mismatch = pretrained.normalization_mismatch(config.init_checkpoint, config.data.mean,
+        loaded = converted.load(config.init_checkpoint, arch=config.arch)
+        mismatch = converted.normalization_mismatch(config.init_checkpoint, config.data.mean,
                                                      config.data.std)
         if mismatch:
             logging.warning("%s", mismatch)
@@ -90,241 +57,46 @@ def _initial_variables(config: ml_collections.ConfigDict, float_model, quant_mod
     return variables
 
 
-def make_evaluator(model) -> Any:
-    """The jitted eval step of ``model``; build it once per model (it compiles once)."""
-    return jax.jit(steps.make_eval_step(model))
-
-
-def evaluate(eval_step: Any, variables: dict[str, Any], config: ml_collections.ConfigDict,
-             mesh: jax.sharding.Mesh, writer: Any = None,
-             step: int = 0, prefix: str = "eval") -> dict[str, float]:
-    """Top-1/top-5/loss over the whole eval split (padded + masked: every example once)."""
-    variables = sharding.replicate(variables, mesh)
-    global_batch, local = sharding.padded_eval_batch(config.eval_batch_size)
-    total = None
-    it = input_pipeline.eval_batches(config, local_batch_size=local,
-                                     process_index=jax.process_index(),
-                                     process_count=jax.process_count())
-    bsh = sharding.batch_sharding(mesh)
-    n_total = input_pipeline.num_eval_batches(config, local_batch_size=local,
-                                              process_count=jax.process_count())
-    if config.max_eval_batches > 0:
-        n_total = min(n_total, config.max_eval_batches)
-    t0 = time.time()
-    for i, batch in enumerate(it):
-        if i >= n_total:
-            break
-        m = eval_step(variables, sharding.to_global(batch, bsh))
-        total = m if total is None else jax.tree.map(jnp.add, total, m)
-        if (i + 1) % 50 == 0:  # progress line; the batch count is known up front
-            rate = (i + 1) * global_batch / max(time.time() - t0, 1e-9)
-            eta = (n_total - i - 1) * global_batch / rate
-            logging.info("%s: batch %d/%d, %.1f img/s, ETA %.0f s", prefix, i + 1, n_total,
-                         rate, eta)
-    total = jax.device_get(total)
-    count = float(total["count"])
-    result = {"top1": 100.0 * float(total["top1_sum"]) / count,
-              "top5": 100.0 * float(total["top5_sum"]) / count,
-              "loss": float(total["loss_sum"]) / count, "count": count}
-    secs = time.time() - t0
-    logging.info("%s: top1 %.2f top5 %.2f loss %.4f over %d examples (%.1f img/s)", prefix,
-                 result["top1"], result["top5"], result["loss"], int(count),
-                 count / max(secs, 1e-9))
-    if writer is not None:
-        writer.write_scalars(step, {f"{prefix}/{k}": v for k, v in result.items()})
-    return result
-
-
-def _micro_batches(config, batches: optim.BatchSchedule, start: int, local_micro: int,
-                   ) -> Iterator[dict[str, np.ndarray]]:
-    """The micro-batch stream from position ``start``; its epoch e holds exactly what the
-    schedule's epoch e consumes, so accumulated micro-batches are one batch's examples."""
-    return input_pipeline.train_batches(
-        config, local_batch_size=local_micro, start_step=start,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        epoch_steps=lambda e: batches.steps_in_epoch(e) * batches.accum(e))
-
-
-def fit(model, eval_step: Any, variables: dict[str, Any], config: ml_collections.ConfigDict,
-        run: ml_collections.ConfigDict, ckpt_dir: str, mesh: jax.sharding.Mesh,
-        writer: Any, *, num_train: int, eval_prefix: str,
-        analysis_out: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Trains ``model`` from ``variables`` with ``run`` (num_epochs, batch sizes, optim).
-
-    Resumes from ``ckpt_dir`` if it holds a checkpoint; evaluates with ``eval_step`` (from
-    :func:`make_evaluator`) every ``config.eval_every_epochs``; returns the final variables.
-    With ``config.analysis.grad_noise`` and a quantized ``model``, measures Fig. 1's gradient
-    noise every step (costs one params-sized copy on device), logs ``grad_noise/<layer>`` at
-    log steps and puts the last step's values in ``analysis_out["grad_noise"]``.
-    """
-    batches = optim.batch_schedule(run, num_train, int(run.num_epochs))
-    tx = optim.make_optimizer(run.optim, batches)
-    total = batches.total_steps()
-    if config.max_steps > 0:
-        total = min(total, config.max_steps)
-    repl = sharding.replicated(mesh)
-    state = jax.jit(lambda v: steps.create_state(v, tx, jax.random.key(config.seed + 1)),
-                    out_shardings=repl)(sharding.replicate(variables, mesh))
-    del variables  # donated below: never touch the initial arrays again
-    ckpt = checkpointing.Checkpointer(ckpt_dir, keep=config.keep_checkpoints,
-                                      save_every_steps=config.checkpoint_every_steps)
-    try:
-        return _fit_loop(model, eval_step, state, config, ckpt, batches, tx, total, mesh,
-                         writer, eval_prefix=eval_prefix, analysis_out=analysis_out)
-    finally:  # saves in flight complete; SIGTERM goes back to its previous handler
-        ckpt.close()
-
-
-def _fit_loop(model, eval_step, state, config, ckpt, batches, tx, total, mesh, writer, *,
-              eval_prefix, analysis_out) -> dict[str, Any]:
-    """fit's body: resume, the step loop, periodic/preemption/final saves."""
-    repl = sharding.replicated(mesh)
-    ckpt_dir = ckpt.directory
-    restored = ckpt.restore(state)
-    if restored is not None:
-        state = restored
-        logging.info("resumed from %s at step %d", ckpt_dir, int(state.step))
-    start = int(jax.device_get(state.step))
-    if start > total:
-        raise checkpointing.CheckpointError(
-            f"the checkpoint in {ckpt_dir} is at step {start}, past this run's last step "
-            f"{total} (were num_epochs or max_steps lowered?). Restore the setting, or use a "
-            "new --workdir.")
-    local_micro = sharding.check_divisible(batches.micro, "micro-batch size")
-    train_step = jax.jit(steps.make_train_step(model, tx, aux_loss_weight=config.aux_loss_weight,
-                                               label_smoothing=config.label_smoothing),
-                         in_shardings=(repl, sharding.batch_sharding(mesh, 1)),
-                         out_shardings=(repl, repl), donate_argnums=0)
-    gn = gn_state = gn_cos = None
-    if config.analysis.grad_noise and getattr(model, "policy", None) is not None:
-        gn = analysis.GradNoise(model.policy, config.analysis.grad_noise_ema)
-        gn_state = gn.init(state.params)
-    epoch, in_epoch = batches.locate(start) if start < total else (0, 0)
-    stream_pos = batches.micro_offset(epoch) + in_epoch * batches.accum(epoch)
-    data = _micro_batches(config, batches, stream_pos, local_micro)
-    report = _clu()[1].ReportProgress(num_train_steps=total, writer=writer)
-    pending: list[tuple[int, dict[str, jax.Array]]] = []
-    t0, images = time.time(), 0
-    bsh = sharding.batch_sharding(mesh, 1)
-    for step in range(start, total):
-        epoch, in_epoch = batches.locate(step)
-        accum = batches.accum(epoch)
-        micro = [next(data) for _ in range(accum)]
-        batch = {k: np.stack([m[k] for m in micro]) for k in ("image", "label")}
-        old_params = gn.copy(state.params) if gn else None  # the step donates state
-        state, metrics = train_step(state, sharding.to_global(batch, bsh))
-        if gn:
-            gn_state, gn_cos = gn.update(gn_state, old_params, state.params)
-        pending.append((step + 1, metrics))
-        images += accum * batches.micro
-        done = step + 1
-        end_of_epoch = in_epoch + 1 == batches.steps_in_epoch(epoch)
-        if done % config.log_every_steps == 0 or done == total or end_of_epoch:
-            _flush(pending, writer, images / max(time.time() - t0, 1e-9))
-            if gn:
-                writer.write_scalars(done, {f"grad_noise/{k}": v for k, v in
-                                            analysis.summarize_grad_noise(gn_cos)["per_layer"]
-                                            .items()})
-            pending, t0, images = [], time.time(), 0
-        report(done)
-        if ckpt.will_save(done):  # never checkpoint a diverged state
-            _check_finite(pending)
-            if not bool(_all_finite(state.params)):
-                raise NonFiniteLossError(
-                    f"parameters are not finite after step {done}: training diverged. Lower "
-                    "config.optim.lr, or resume from an earlier checkpoint.")
-            ckpt.save(done, state)
-        if ckpt.should_stop(done):
-            _flush(pending, writer, 0.0)
-            if ckpt.latest_step() != done:  # the periodic save may have written it already
-                ckpt.save(done, state, force=True)
-            raise SystemExit(f"preempted: checkpoint saved at step {done} in {ckpt_dir}")
-        if end_of_epoch and (epoch + 1) % max(1, config.eval_every_epochs) == 0 \
-                and done < total:
-            evaluate(eval_step, state.variables(), config, mesh, writer, done,
-                     f"{eval_prefix}/epoch{epoch + 1}")
-    _flush(pending, writer, 0.0)
-    if ckpt.latest_step() != total:
-        ckpt.save(total, state, force=True)
-    if gn_cos is not None and analysis_out is not None:
-        analysis_out["grad_noise"] = analysis.summarize_grad_noise(gn_cos)
-    return jax.device_get(state.variables())
-
-
-@jax.jit
-def _all_finite(tree: Any) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
-def _check_finite(pending: list[tuple[int, dict[str, jax.Array]]],
-                  ) -> list[tuple[int, dict[str, Any]]]:
-    """Fetches the queued metrics; raises NonFiniteLossError at the first non-finite loss."""
-    fetched = jax.device_get(pending)
-    for step, m in fetched:
-        if not np.isfinite(m["loss"]):
-            raise NonFiniteLossError(
-                f"loss is {float(m['loss'])} at step {step}: training diverged. Lower "
-                "config.optim.lr, check the data, or resume from an earlier checkpoint.")
-    return fetched
-
-
-def _flush(pending: list[tuple[int, dict[str, jax.Array]]],
-           writer: Any, img_per_s: float) -> None:
-    """Fetches queued step metrics (one host sync per log period) and checks for NaN."""
-    if not pending:
-        return
-    fetched = _check_finite(pending)
-    step, last = fetched[-1]
-    scalars = {f"train/{k}": float(v) for k, v in last.items()}
-    if img_per_s:
-        scalars["train/images_per_sec"] = img_per_s
-    writer.write_scalars(step, scalars)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs the configured FAQ stages; returns (and writes) the summary of results."""
-    stages = config_check.validate(config)
-    workdir = checkpointing.absolute(workdir)
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    checkpointing.check_workdir(workdir, config_check.experiment_id(config))
-    if jax.process_index() == 0:  # the full config of the latest run, for export and audit
-        (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
-    writer = _clu()[0].create_default_writer(workdir,
-                                                  just_logging=jax.process_index() > 0)
+    stages, pol = config_check.validate(config)
+    workdir = workdir_lib.absolute(workdir)
+    workdir_lib.check_experiment(workdir, config_check.experiment_id(config))
+    workdir_lib.write_config(workdir, config)  # the latest run's, for export and audit
+    writer = trainer.clu()[0].create_default_writer(workdir, just_logging=jax.process_index() > 0)
     writer.write_hparams({k: v for k, v in config.to_dict().items()
                           if isinstance(v, (int, float, str, bool))})
     logging.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
                  jax.devices())
     mesh = sharding.make_mesh()
-    info = input_pipeline.dataset_info(config)
+    info = data_lib.dataset_info(config)
     dtype = layers.COMPUTE_DTYPES[config.compute_dtype]
     float_model = models.create(config.arch, num_classes=config.num_classes, dtype=dtype)
-    pol = config_check.make_policy(config)
     quant_model = None if pol is None else models.create(
         config.arch, policy=pol, num_classes=config.num_classes, dtype=dtype)
     variables = _initial_variables(config, float_model, quant_model, info.image_shape)
-    summary = _load_summary(workdir)
+    summary = workdir_lib.read_summary(workdir)
     summary.update(arch=config.arch, w_bits=config.quant.w_bits if pol else None,
                    a_bits=config.quant.a_bits if pol else None)
-    finetune_dir = os.path.join(workdir, "checkpoints")
+    finetune_dir = workdir_lib.finetune_dir(workdir)
     resumed_finetune = quant_model is not None and \
         checkpointing.latest_step(finetune_dir) is not None
 
-    float_eval = make_evaluator(float_model)
+    float_eval = trainer.Evaluator(float_model, config, mesh, writer)
     if "pretrain" in stages:
         pre = config.pretrain
-        run = ml_collections.ConfigDict(dict(num_epochs=pre.num_epochs,
-                                             batch_size=pre.batch_size, micro_batch_size=0,
-                                             batch_schedule=(), optim=pre.optim))
-        trained = fit(float_model, float_eval, variables, config, run,
-                      os.path.join(workdir, "fp32"), mesh, writer, num_train=info.num_train,
-                      eval_prefix="fp32")
-        variables = {**variables, **trained}
+        stage = ml_collections.ConfigDict(dict(num_epochs=pre.num_epochs,
+                                               batch_size=pre.batch_size, micro_batch_size=0,
+                                               batch_schedule=(), optim=pre.optim))
+        trained = trainer.Trainer(float_eval, config, stage, workdir_lib.pretrain_dir(workdir),
+                                  info.num_train, eval_prefix="fp32").fit(variables)
+        variables = {**variables, **trained.variables}
     if "eval_fp32" in stages and "fp32" not in summary:
-        summary["fp32"] = evaluate(float_eval, variables, config, mesh, writer, 0, "fp32")
-        _save_summary(workdir, summary)
+        summary["fp32"] = float_eval(variables, 0, "fp32")
+        workdir_lib.write_summary(workdir, summary)
 
-    quant_eval = None if quant_model is None else make_evaluator(quant_model)
+    quant_eval = None if quant_model is None else \
+        trainer.Evaluator(quant_model, config, mesh, writer)
     if quant_model is not None and not resumed_finetune and \
             stages & {"calibrate", "eval_quant", "finetune"}:
         variables["quant"] = _calibrated_quant(config, stages, summary, quant_model, variables,
@@ -332,23 +104,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if config.calib.enabled:
             summary["calibrated_lsb"] = _flat_lsbs(variables["quant"])
         if "eval_quant" in stages and "quant_before" not in summary:
-            summary["quant_before"] = evaluate(quant_eval, variables, config, mesh, writer, 0,
-                                               "quant_before")
-        _save_summary(workdir, summary)
+            summary["quant_before"] = quant_eval(variables, 0, "quant_before")
+        workdir_lib.write_summary(workdir, summary)
 
     if quant_model is not None and "finetune" in stages:
         start_params = variables["params"]
-        extra: dict[str, Any] = {}
-        variables = fit(quant_model, quant_eval, variables, config, config, finetune_dir,
-                        mesh, writer, num_train=info.num_train, eval_prefix="quant",
-                        analysis_out=extra)
-        summary.update(extra)
-        summary["quant_after"] = evaluate(quant_eval, variables, config, mesh, writer,
-                                          0, "quant_after")
+        fitted = trainer.Trainer(quant_eval, config, config, finetune_dir, info.num_train,
+                                 eval_prefix="quant").fit(variables)
+        variables = fitted.variables
+        if fitted.grad_noise is not None:
+            summary["grad_noise"] = fitted.grad_noise
+        summary["quant_after"] = quant_eval(variables, 0, "quant_after")
         if config.analysis.weight_similarity:
             summary["weight_cosine"] = analysis.weight_similarity(start_params,
                                                                   variables["params"])
-        _save_summary(workdir, summary)
+        workdir_lib.write_summary(workdir, summary)
     writer.flush()
     _log_table(summary)
     return {**summary, "variables": variables}
@@ -376,7 +146,7 @@ def _calibrated_quant(config: ml_collections.ConfigDict, stages: set[str],
                         "config.calib.enabled=False for the uncalibrated control.",
                         config.stages)
     local = sharding.check_divisible(config.batch_size, "batch_size")
-    batches = input_pipeline.calibration_batches(
+    batches = data_lib.calibration_batches(
         config, local_batch_size=local, num_batches=config.calib.num_batches,
         process_index=jax.process_index(), process_count=jax.process_count())
     bsh = sharding.batch_sharding(mesh)
@@ -387,20 +157,19 @@ def _calibrated_quant(config: ml_collections.ConfigDict, stages: set[str],
 
 def _unflat_lsbs(flat: dict[str, float], like: dict[str, Any]) -> dict[str, Any]:
     """Inverse of :func:`_flat_lsbs` on the structure of ``like``; ValueError on a mismatch."""
-    paths, treedef = jax.tree_util.tree_flatten_with_path(like)
-    keys = ["/".join(k.key for k in path[:-1]) for path, _ in paths]
-    if sorted(keys) != sorted(flat):
+    current = keypaths.owners(like, "lsb")
+    if sorted(current) != sorted(flat):
         raise ValueError("the calibrated l's in summary.json do not fit this network's "
-                         f"quantizers (missing {sorted(set(keys) - set(flat))[:3]}, unexpected "
-                         f"{sorted(set(flat) - set(keys))[:3]}); use a new --workdir")
-    leaves = [np.asarray(flat[k], np.asarray(v).dtype) for k, (_, v) in zip(keys, paths,
-                                                                               strict=True)]
-    return jax.tree_util.tree_unflatten(treedef, leaves)
+                         f"quantizers (missing {sorted(set(current) - set(flat))[:3]}, "
+                         f"unexpected {sorted(set(flat) - set(current))[:3]}); use a new "
+                         "--workdir")
+    return keypaths.unflatten({f"{path}/lsb": np.asarray(flat[path], np.asarray(v).dtype)
+                               for path, v in current.items()})
 
 
 def _flat_lsbs(quant_vars: dict[str, Any]) -> dict[str, float]:
-    flat = jax.tree_util.tree_flatten_with_path(quant_vars)[0]
-    return {"/".join(k.key for k in path[:-1]): float(v) for path, v in flat}
+    """{quantizer path: l} of the ``quant`` collection, as ``summary.json`` records them."""
+    return {path: float(v) for path, v in keypaths.owners(quant_vars, "lsb").items()}
 
 
 def _log_table(summary: dict[str, Any]) -> None:

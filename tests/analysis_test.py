@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from faq_jax import analysis, config_defaults, models, policy, quant, train
+from faq_jax import analysis, models, policy, quant, train
+from faq_jax.config import demo
 
 
 def _params(*kernels):
@@ -92,7 +93,7 @@ def test_weight_similarity_self_is_one_and_random_init_near_zero():
 
 
 def test_train_and_evaluate_puts_grad_noise_in_the_summary(tmp_path):
-    c = config_defaults.default_config()
+    c = demo.get_config()
     c.stages = "calibrate,finetune"
     c.batch_size = 32
     c.eval_batch_size = 152

@@ -6,7 +6,9 @@ import re
 
 import pytest
 
-from faq_jax import config_check, models, optim
+from faq_jax import models, optim
+from faq_jax import policy as policy_lib
+from faq_jax.config import check as config_check
 
 ROOT = pathlib.Path(__file__).parent.parent
 CONFIGS = sorted(ROOT.glob("configs/*.py"))
@@ -45,7 +47,7 @@ def test_config_loads_and_matches_its_name(path):
         assert not c.quant.enabled
     doc = path.read_text().split('"""')[1]
     assert "python -m faq_jax.main --config=configs/" + path.name in doc
-    config_check.make_policy(c)  # valid widths and rules
+    policy_lib.from_config(c.quant, c.calib)  # valid widths and rules
     assert load(path, "runlocal").max_steps == 2
 
 
@@ -135,8 +137,7 @@ def test_first_train_step_lowers_on_8_devices(path, tmp_path):
 
     assert jax.device_count() == 8
     c = _with_checkpoint(load(path), tmp_path)
-    config_check.validate(c)
-    policy = config_check.make_policy(c)
+    policy = config_check.validate(c).policy
     model = models.create(c.arch, policy=policy, num_classes=c.num_classes)
     num_train = c.data.num_train or 50 * c.batch_size
     batches = optim.batch_schedule(c, num_train, int(c.num_epochs))
@@ -189,7 +190,8 @@ def test_built_policy_keeps_first_and_last_layers_at_8_bits(name):
     import jax.numpy as jnp
 
     c = load(ROOT / "configs" / f"{name}.py")
-    model = models.create(c.arch, policy=config_check.make_policy(c), num_classes=c.num_classes)
+    model = models.create(c.arch, policy=policy_lib.from_config(c.quant, c.calib),
+                          num_classes=c.num_classes)
     shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x),
                             jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
     weights, acts = models.quant_sites(shapes)

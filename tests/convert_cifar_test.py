@@ -17,7 +17,8 @@ import jax
 import numpy as np
 import pytest
 
-from faq_jax import config_defaults, models, pretrained
+from faq_jax import converted, models, workdir
+from faq_jax.config import defaults
 
 torch = pytest.importorskip("torch")
 
@@ -25,7 +26,7 @@ from convert_parity_test import randomize_bn, rel_err  # noqa: E402 - tests/ is 
 
 from weights_convert import cifar_resnet, cli  # noqa: E402
 
-SHARED = Path(config_defaults.shared_cifar10_archive(__file__)).parent
+SHARED = Path(defaults.shared_cifar10_archive(__file__)).parent
 PRETRAINED = SHARED / "pretrained" / "cifar_resnet"
 TEST_JPEGS = SHARED / "cifar10-test-jpeg.tar.gz"
 DEPTHS = (20, 32, 44, 56, 110)
@@ -72,9 +73,9 @@ def test_key_map_covers_every_variable_both_ways():
         tmodel = cifar_resnet.reference(arch)
         keys = [k for k in tmodel.state_dict() if not cifar_resnet.DROPPED.fullmatch(k)]
         mapped = {cifar_resnet.flax_name(k) for k in keys}
-        from weights_convert import torchvision as tv_convert  # noqa: PLC0415
+        from weights_convert import mapping  # noqa: PLC0415
 
-        assert mapped == set(tv_convert.expected_shapes(arch, 10, ())), arch
+        assert mapped == set(mapping.expected_shapes(arch, 10, ())), arch
     assert cifar_resnet.flax_name("layer3.17.bn2.running_var") == \
         "batch_stats/layer3_17/bn2/var"
     assert cifar_resnet.flax_name("linear.weight") == "params/linear/kernel"
@@ -140,19 +141,19 @@ def test_round_trip_records_the_normalisation(tmp_path, capsys):
     assert cli.main(["--arch", "cifar_resnet20", "--state-dict", str(path), "--out", str(out),
                      "--verify"]) == 0
     assert "on 2 seeded random inputs" in capsys.readouterr().out
-    manifest = pretrained.read_manifest(out)
+    manifest = converted.read_manifest(out)
     assert manifest["num_classes"] == 10 and manifest["parity_max_rel_error"] <= 1e-5
-    assert pretrained.input_normalization(out) == (pretrained.IMAGENET_MEAN,
-                                                   pretrained.IMAGENET_STD)
-    assert pretrained.normalization_mismatch(out, *pretrained.default_normalization(
+    assert converted.input_normalization(out) == (converted.IMAGENET_MEAN,
+                                                   converted.IMAGENET_STD)
+    assert converted.normalization_mismatch(out, *converted.default_normalization(
         "cifar_resnet20")) is None
-    assert "--config.data.mean" in pretrained.normalization_mismatch(
+    assert "--config.data.mean" in converted.normalization_mismatch(
         out, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
     assert cli.main(["--arch", "cifar_resnet20", "--state-dict", str(path), "--out", str(out),
                      "--force", "--mean", "0.5", "0.4", "0.3", "--std", "0.2", "0.2", "0.25"]
                     ) == 0
-    assert pretrained.input_normalization(out) == ((0.5, 0.4, 0.3), (0.2, 0.2, 0.25))
-    variables = pretrained.load(out, arch="cifar_resnet20")
+    assert converted.input_normalization(out) == ((0.5, 0.4, 0.3), (0.2, 0.2, 0.25))
+    variables = converted.load(out, arch="cifar_resnet20")
     assert variables["params"]["linear"]["kernel"].shape == (64, 10)
 
 
@@ -160,22 +161,22 @@ def test_folders_from_before_the_normalisation_field_still_load(tmp_path):
     """format_version 1 manifests without ``input_normalization`` (older converters)."""
     variables = {"params": {"fc": {"kernel": np.ones((3, 2), np.float32)}},
                  "batch_stats": {}}
-    for arch, expected in (("resnet18", (pretrained.IMAGENET_MEAN, pretrained.IMAGENET_STD)),
+    for arch, expected in (("resnet18", (converted.IMAGENET_MEAN, converted.IMAGENET_STD)),
                            ("resnet20", None)):
-        out = pretrained.save(tmp_path / arch, variables, {"arch": arch, "num_classes": 2})
+        out = converted.save(tmp_path / arch, variables, {"arch": arch, "num_classes": 2})
         manifest = json.loads((out / "manifest.json").read_text())
         manifest.pop("input_normalization", None)
         (out / "manifest.json").write_text(json.dumps(manifest))  # as an old converter wrote
-        np.testing.assert_array_equal(pretrained.load(out, arch=arch)["params"]["fc"]["kernel"],
+        np.testing.assert_array_equal(converted.load(out, arch=arch)["params"]["fc"]["kernel"],
                                       np.ones((3, 2)))
-        assert pretrained.input_normalization(out) == expected
-        mismatch = pretrained.normalization_mismatch(out, (0.5,) * 3, (0.5,) * 3)
+        assert converted.input_normalization(out) == expected
+        mismatch = converted.normalization_mismatch(out, (0.5,) * 3, (0.5,) * 3)
         assert (mismatch is None) == (expected is None)  # unknown: nothing to compare
     bad = json.loads((tmp_path / "resnet18" / "manifest.json").read_text())
     bad["input_normalization"] = {"mean": [0.5, 0.5], "std": [0.2, 0.2, 0.2]}
     (tmp_path / "resnet18" / "manifest.json").write_text(json.dumps(bad))
-    with pytest.raises(pretrained.CheckpointError, match="bad input_normalization"):
-        pretrained.load(tmp_path / "resnet18")
+    with pytest.raises(workdir.CheckpointError, match="bad input_normalization"):
+        converted.load(tmp_path / "resnet18")
 
 
 def _convert_published(tmp_path, capsys, depth: int, count: int) -> Path:
@@ -187,23 +188,23 @@ def _convert_published(tmp_path, capsys, depth: int, count: int) -> Path:
                      "--verify-count", str(count)]) == 0
     printed = capsys.readouterr().out
     assert f"on {count} images from {TEST_JPEGS}" in printed, printed
-    manifest = pretrained.read_manifest(out)
+    manifest = converted.read_manifest(out)
     assert manifest["source_sha256"].startswith(src.name.split("-")[1].split(".")[0])
     assert manifest["parity_max_rel_error"] <= 1e-5
     assert manifest["parity_inputs"] == f"{count} images from {TEST_JPEGS}"
-    assert pretrained.input_normalization(out) == (pretrained.IMAGENET_MEAN,
-                                                   pretrained.IMAGENET_STD)
+    assert converted.input_normalization(out) == (converted.IMAGENET_MEAN,
+                                                   converted.IMAGENET_STD)
     return out
 
 
 def _accuracy_on_test_jpegs(out: Path, count: int) -> float:
     """Top-1 of the converted Flax network on ``count`` test JPEGs spread over the classes."""
-    mean, std = pretrained.input_normalization(out)
+    mean, std = converted.input_normalization(out)
     x, names = cli.load_images(str(TEST_JPEGS), count, 32, mean, std)
     classes = sorted({n.split("/")[-2] for n in names})  # CIFAR-10's order is alphabetical
     labels = np.array([classes.index(n.split("/")[-2]) for n in names])
-    arch = pretrained.read_manifest(out)["arch"]
-    logits = models.create(arch, num_classes=10).apply(pretrained.load(out, arch=arch), x)
+    arch = converted.read_manifest(out)["arch"]
+    logits = models.create(arch, num_classes=10).apply(converted.load(out, arch=arch), x)
     return float(np.mean(np.argmax(np.asarray(logits), -1) == labels))
 
 

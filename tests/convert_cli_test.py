@@ -1,4 +1,4 @@
-"""``python -m weights_convert`` and ``faq_jax.pretrained``: round trip and clear failures.
+"""``python -m weights_convert`` and ``faq_jax.converted``: round trip and clear failures.
 
 The CLI runs in-process (``cli.main(argv)``) to share one jax/torch start-up; one
 subprocess smoke test checks the ``-m`` entry point. The ``pretrained`` error tests need no
@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from faq_jax import models, pretrained
+from faq_jax import converted, models
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +63,13 @@ def test_round_trip_with_verify(cli, torch, r18_file, tmp_path, capsys):
     assert _leftovers(tmp_path, "r18") == ["r18"]  # no temp folder left behind
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["arch"] == "resnet18" and manifest["num_classes"] == 1000
-    assert manifest["format_version"] == pretrained.FORMAT_VERSION
+    assert manifest["format_version"] == converted.FORMAT_VERSION
     assert manifest["source"] == str(path.absolute())
     assert manifest["source_sha256"] == cli.sha256(path)
     assert 0 <= manifest["parity_max_rel_error"] <= 1e-4
     assert manifest["torchvision_version"] and manifest["created"]
 
-    variables = pretrained.load(out, arch="resnet18")
+    variables = converted.load(out, arch="resnet18")
     assert set(variables) == {"params", "batch_stats"}
     assert variables["params"]["conv1"]["kernel"].shape == (7, 7, 3, 64)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
@@ -79,7 +79,7 @@ def test_round_trip_with_verify(cli, torch, r18_file, tmp_path, capsys):
     assert np.max(np.abs(np.asarray(logits) - ref)) / np.max(np.abs(ref)) <= 1e-4
 
     with pytest.raises(ValueError, match="holds resnet18 weights but config.arch is resnet34"):
-        pretrained.load(out, arch="resnet34")
+        converted.load(out, arch="resnet34")
     # An existing non-empty --out is refused unless --force.
     assert cli.main(["--arch", "resnet18", "--state-dict", str(path), "--out", str(out)]) == 1
     assert "--force" in capsys.readouterr().err
@@ -143,31 +143,31 @@ def _tiny_variables():
 
 
 def test_pretrained_save_load_and_errors(tmp_path):
-    out = pretrained.save(tmp_path / "ck", _tiny_variables(),
+    out = converted.save(tmp_path / "ck", _tiny_variables(),
                           {"arch": "resnet18", "num_classes": 2})
-    got = pretrained.load(out)
+    got = converted.load(out)
     np.testing.assert_array_equal(got["params"]["fc"]["kernel"], np.ones((3, 2)))
     with pytest.raises(FileExistsError):
-        pretrained.save(out, _tiny_variables(), {"arch": "resnet18", "num_classes": 2})
+        converted.save(out, _tiny_variables(), {"arch": "resnet18", "num_classes": 2})
 
     with pytest.raises(ValueError, match="does not exist"):
-        pretrained.load(tmp_path / "missing")
+        converted.load(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="not a faq_jax converted checkpoint: .* no "
                                          "manifest.json"):
-        pretrained.load(tmp_path / "empty")
+        converted.load(tmp_path / "empty")
     manifest = out / "manifest.json"
     good = manifest.read_text()
     manifest.write_text(good[: len(good) // 2])
     with pytest.raises(ValueError, match="not a faq_jax converted checkpoint: .*corrupt"):
-        pretrained.load(out)
+        converted.load(out)
     manifest.write_text(json.dumps({**json.loads(good), "format_version": 99}))
     with pytest.raises(ValueError, match="format_version 99"):
-        pretrained.load(out)
+        converted.load(out)
     manifest.write_text(good)
     with pytest.raises(ValueError, match="holds resnet18 weights but config.arch is vgg16_bn"):
-        pretrained.load(out, arch="vgg16_bn")
-    assert pretrained.read_manifest(out)["num_classes"] == 2
+        converted.load(out, arch="vgg16_bn")
+    assert converted.read_manifest(out)["num_classes"] == 2
 
 
 def test_force_only_replaces_a_converted_checkpoint(cli, torch, tmp_path, capsys, monkeypatch):

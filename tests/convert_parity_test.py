@@ -2,7 +2,7 @@
 
 Each torch model gets seeded random weights and non-trivial BatchNorm statistics and affine
 parameters (zero or identity BN would hide a wrong mapping), is converted with
-``weights_convert.torchvision.convert``, and both run the same batch:
+``weights_convert.mapping.convert``, and both run the same batch:
 
 - eval mode: logits within 1e-4 relative error (max|a-b| / max|b|);
 - train mode (batch statistics): logits and every updated running mean/var within 1e-4
@@ -25,8 +25,7 @@ torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
 from faq_jax import models  # noqa: E402
-from weights_convert import cli  # noqa: E402
-from weights_convert import torchvision as tv_convert  # noqa: E402
+from weights_convert import cli, mapping  # noqa: E402
 
 TOL = 1e-4
 
@@ -59,7 +58,7 @@ def check_parity(arch: str, hw: tuple[int, int], batch: int = 2, num_classes: in
     """Runs torch and Flax in eval and train mode; returns the measured relative errors."""
     torch.manual_seed(seed)
     tmodel = randomize_bn(cli.torch_reference(arch, num_classes), seed + 1)
-    variables = tv_convert.convert(tmodel.state_dict(), arch)
+    variables = mapping.convert(tmodel.state_dict(), arch)
     module = models.create(arch, num_classes=num_classes)
     x = torch.randn(batch, 3, *hw, generator=torch.Generator().manual_seed(seed + 2))
 
@@ -89,7 +88,7 @@ def _train_errors(tmodel, module, variables, x, arch: str) -> dict[str, float]:
         ref = tmodel(x).numpy()
     out, updates = module.apply(variables, _nhwc(x), train=True, mutable=["batch_stats"])
     assert out.dtype == ref.dtype
-    ref_stats = tv_convert.convert(tmodel.state_dict(), arch)["batch_stats"]
+    ref_stats = mapping.convert(tmodel.state_dict(), arch)["batch_stats"]
     stats = max(jax.tree.leaves(jax.tree.map(rel_err, updates["batch_stats"], ref_stats)))
     return {"train": rel_err(out, ref), "running_stats": stats}
 
@@ -124,13 +123,13 @@ def test_state_dict_of_another_arch_fails_clearly():
     sd = torchvision.models.resnet34().state_dict()
     with pytest.raises(ValueError, match=r"does not fit resnet18[\s\S]*unexpected[\s\S]*"
                                          r"layer1\.2\.conv1\.weight"):
-        tv_convert.convert(sd, "resnet18")
+        mapping.convert(sd, "resnet18")
     sd = torchvision.models.resnet18(num_classes=10).state_dict()
     with pytest.raises(ValueError, match=r"shape mismatch[\s\S]*fc\.weight.*\(512, 1000\)"):
-        tv_convert.convert(sd, "resnet18", num_classes=1000)
+        mapping.convert(sd, "resnet18", num_classes=1000)
     del sd["layer4.1.bn2.running_var"]
     with pytest.raises(ValueError, match=r"missing \(1\): batch_stats/layer4_1/bn2/var"):
-        tv_convert.convert(sd, "resnet18")
+        mapping.convert(sd, "resnet18")
 
 
 def test_naming_rule_and_old_densenet_keys():
@@ -144,8 +143,8 @@ def test_naming_rule_and_old_densenet_keys():
         "Mixed_5b.branch1x1.conv.weight": np.zeros((64, 192, 1, 1)),
         "bn.num_batches_tracked": np.zeros(()),
     }
-    sd = tv_convert.rename_old_keys(sd)
-    names = {k: tv_convert.flax_name(k, sd) for k in sd}
+    sd = mapping.rename_old_keys(sd)
+    names = {k: mapping.flax_name(k, sd) for k in sd}
     assert names == {
         "features.0.weight": ("params", "features_0/kernel"),
         "features.1.weight": ("params", "features_1/scale"),

@@ -2,7 +2,7 @@
 
 Each torchvision model gets seeded random weights and non-trivial BatchNorm affine
 parameters and running statistics (set from a real batch, then perturbed, so activations
-stay O(1) through the whole depth), is converted with ``weights_convert.torchvision`` and
+stay O(1) through the whole depth), is converted with ``weights_convert.mapping`` and
 compared with the Flax model: eval-mode logits, and one training-mode forward (batch
 statistics, dropout off) including the updated running statistics and, for Inception, the
 aux logits.
@@ -19,7 +19,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from faq_jax import models  # noqa: E402
-from weights_convert import torchvision as tv_convert  # noqa: E402
+from weights_convert import mapping  # noqa: E402
 
 TOL = 1e-4  # max|a - b| / max|b|, float32
 
@@ -75,7 +75,7 @@ def test_logits_match_torchvision(arch, tv_kwargs, no_dropout, size):
     x = rng.standard_normal((2, 3, size, size)).astype(np.float32)
     xt, xj = torch.from_numpy(x), np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     _randomize(tmodel, torch.from_numpy(rng.standard_normal(x.shape).astype(np.float32)), 1)
-    variables = tv_convert.convert(tmodel.state_dict(), arch)
+    variables = mapping.convert(tmodel.state_dict(), arch)
 
     # Eval mode: running statistics, dropout off (Flax side keeps torchvision's rates).
     with torch.no_grad():
@@ -102,7 +102,7 @@ def test_logits_match_torchvision(arch, tv_kwargs, no_dropout, size):
     assert len(got) == len(want)  # Inception: (logits, aux logits)
     errs = [_rel_err(g, w) for g, w in zip(got, want, strict=True)]
     stats_err = _tree_rel_err(updates["batch_stats"],
-                              tv_convert.convert(tmodel.state_dict(), arch)["batch_stats"])
+                              mapping.convert(tmodel.state_dict(), arch)["batch_stats"])
     print(f"{arch} train {size}x{size}: rel err {errs}, running stats {stats_err:.2e}")
     assert max(errs) <= TOL
     assert stats_err <= TOL
@@ -116,7 +116,7 @@ def test_densenet_old_key_spelling_converts():
     sd = torchvision.models.densenet161(weights=None).state_dict()
     old = {_NEW_KEY.sub(r"\1\2.\3.", k): v for k, v in sd.items()}
     assert "features.denseblock1.denselayer1.norm.1.weight" in old
-    new_vars, old_vars = tv_convert.convert(sd, "densenet161"), tv_convert.convert(old,
+    new_vars, old_vars = mapping.convert(sd, "densenet161"), mapping.convert(old,
                                                                                  "densenet161")
     assert jax.tree.structure(new_vars) == jax.tree.structure(old_vars)
     assert all(jax.tree.leaves(jax.tree.map(np.array_equal, new_vars, old_vars)))

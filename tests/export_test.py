@@ -8,14 +8,18 @@ to be an integer tensor.
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from faq_jax import export, int_executor, layers, models
+from faq_jax import export, layers, models
 from faq_jax import policy as policy_lib
+from faq_jax.export import cli as export_cli
+from faq_jax.export import executor
 from faq_jax.models import densenet, inception, resnet, vgg
 
 
@@ -26,14 +30,15 @@ class MiniInception(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        p = self.policy
-        x = layers.InputQuant(policy=p, name="input_quant")(x)
-        x = inception.BasicConv2d(16, (3, 3), (2, 2), policy=p, name="Conv2d_1a_3x3")(x, train)
-        x = inception.InceptionA(policy=p, requant_input=False, pool_features=8,
-                                 name="Mixed_5b")(x, train)
-        x = inception.InceptionB(policy=p, name="Mixed_6a")(x, train)
-        x = layers.ActQuant(relu=False, policy=p, name="fc_input")(layers.global_avg_pool(x))
-        return layers.Dense(10, policy=p, name="fc")(x)
+        conv, norm, act, dense = layers.defs(self.policy, None, train)
+        basic = functools.partial(inception.BasicConv2d, conv=conv, norm=norm, act=act)
+        x = layers.InputQuant(policy=self.policy, name="input_quant")(x)
+        x = basic(16, (3, 3), (2, 2), name="Conv2d_1a_3x3")(x)
+        x = inception.InceptionA(basic=basic, act=act, requant_input=False, pool_features=8,
+                                 name="Mixed_5b")(x)
+        x = inception.InceptionB(basic=basic, act=act, name="Mixed_6a")(x)
+        x = act(relu=False, name="fc_input")(layers.global_avg_pool(x))
+        return dense(10, name="fc")(x)
 
 
 def _small(family: str, policy: policy_lib.Policy) -> tuple[nn.Module, tuple[int, int, int]]:
@@ -57,7 +62,7 @@ def _small(family: str, policy: policy_lib.Policy) -> tuple[nn.Module, tuple[int
     return m.clone(policy=policy.with_roles(m.roles())), (32, 32, 3)
 
 
-def _check_integer(node, t: int_executor.IntTensor) -> None:
+def _check_integer(node, t: executor.IntTensor) -> None:
     assert t.q.dtype.kind in "iu", (node, t.q.dtype)
     assert np.asarray(t.d).dtype.kind in "iu", (node, np.asarray(t.d).dtype)
     assert isinstance(t.l, int)
@@ -77,8 +82,8 @@ def _roundtrip_and_compare(model, shape, tmp_path, batch: int = 2, seed: int = 0
     export.save(net, str(tmp_path / "net.npz"))
     net = export.load(str(tmp_path / "net.npz"))
     x = np.asarray(jax.random.normal(jax.random.key(seed + 7), (batch, *shape)))
-    codes = int_executor.input_codes(net, x)
-    q, lsb = int_executor.run(net, codes, trace=_check_integer)
+    codes = executor.input_codes(net, x)
+    q, lsb = executor.run(net, codes, trace=_check_integer)
     ref = _simulate_f64(model, variables, codes, net.nodes[0]["l"])
     np.testing.assert_array_equal(np.ldexp(q.astype(np.float64), lsb), ref)
     return net, variables, codes, q, lsb
@@ -122,7 +127,7 @@ def test_option_a_shortcut_is_one_graph_op(tmp_path):
     assert [(n["args"], n["shape_out"]) for n in shortcuts] == [
         ([2, 8, 8], [16, 16, 32]), ([2, 16, 16], [8, 8, 64])]
     seen = {}
-    int_executor.run(net, codes, trace=lambda node, t: seen.__setitem__(node["id"], t))
+    executor.run(net, codes, trace=lambda node, t: seen.__setitem__(node["id"], t))
     for n in shortcuts:
         src, out = seen[n["inputs"][0]], seen[n["id"]]
         assert out.l == src.l and out.q.dtype == np.int64
@@ -150,8 +155,8 @@ def test_file_holds_integer_constants(tmp_path):
 
 def test_requantize_is_add_half_then_shift():
     q = np.arange(-1000, 1000, dtype=np.int64)
-    t = int_executor.IntTensor(q, -8)
-    got = int_executor.requantize(t, 8, -4, signed=True, relu=False)
+    t = executor.IntTensor(q, -8)
+    got = executor.requantize(t, 8, -4, signed=True, relu=False)
     want = np.clip((q + 8) >> 4, -127, 127)
     np.testing.assert_array_equal(got, want)
     ref = np.clip(np.floor(q / 16 + 0.5), -127, 127)
@@ -164,7 +169,7 @@ def test_average_rounding_rule_matches_float_mean():
     for d in (9, 25, 49, 6):
         s = rng.integers(0, 255 * d, 200_000).astype(np.int64)
         for k in (-2, -1, 0, 1):
-            got = int_executor.requantize(int_executor.IntTensor(s, k, d), 16, 0, False, False)
+            got = executor.requantize(executor.IntTensor(s, k, d), 16, 0, False, False)
             mean32 = (np.ldexp(s.astype(np.float32), k) / np.float32(d)).astype(np.float32)
             ref32 = np.clip(np.floor(mean32 + np.float32(0.5)), 0, 2**16 - 1)
             ref64 = np.clip(np.floor(np.ldexp(s.astype(np.float64), k) / d + 0.5), 0, 2**16 - 1)
@@ -194,7 +199,7 @@ def test_cli_refuses_an_uncalibrated_workdir(tmp_path):
         rules=[])))
     (tmp_path / "summary.json").write_text(json.dumps({"fp32": {"top1": 90.0}}))
     with pytest.raises(export.ExportError, match="never calibrated"):
-        export.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "net.npz")])
+        export_cli.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "net.npz")])
 
 
 def test_wide_codes_keep_their_width(tmp_path):
@@ -227,8 +232,8 @@ def test_extreme_l_is_an_overflow_error_not_garbage():
     quant_vars["layer1_0"]["act1"]["lsb"] = jnp.asarray(-134.0)
     net = export.export(model, {**variables, "quant": quant_vars}, input_shape=shape)
     codes = np.ones((1, *shape), np.int8)
-    with pytest.raises(int_executor.IntegerOverflowError, match="layer1_0.*beyond int64"):
-        int_executor.run(net, codes)
+    with pytest.raises(executor.IntegerOverflowError, match="layer1_0.*beyond int64"):
+        executor.run(net, codes)
 
 
 class PoolCalls(nn.Module):

@@ -51,4 +51,4 @@ def test_quantized_activations_are_not_recomputed_in_consumers():
     assert max(floors) == 1, (
         f"XLA recomputes quantizers inside consumer fusions again (floors per fusion, top 5: "
         f"{sorted(floors)[-5:]}); see benchmarks/RESULTS.md, change 6, and re-measure with "
-        f"benchmarks/train_step.py")
+        f"benchmarks/bench_train_step.py")

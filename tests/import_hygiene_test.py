@@ -6,8 +6,12 @@ import sys
 CORE = """
 import sys
 import faq_jax
-from faq_jax import (analysis, calibrate, checkpointing, config_check, input_pipeline,
-                     layers, models, optim, policy, quant, sharding, steps, train)
+from faq_jax import (analysis, calibrate, checkpointing, config, converted, data, export,
+                     keypaths, layers, models, optim, policy, quant, sharding, steps, train,
+                     trainer, workdir)
+from faq_jax.config import check, defaults, demo
+from faq_jax.data import cifar10, digits, folder, imagenet, pipeline
+from faq_jax.export import cli, executor, exporter, graph, intnet
 import jax, jax.numpy as jnp
 for arch in models.ARCHS:  # imports every model module
     models.create(arch, validate=False)
@@ -21,10 +25,11 @@ assert not heavy, heavy
 
 DIGITS = """
 import sys
-from faq_jax import config_defaults, input_pipeline
-c = config_defaults.default_config()
-next(input_pipeline.train_batches(c, local_batch_size=8))
-next(input_pipeline.eval_batches(c, local_batch_size=8))
+from faq_jax import data
+from faq_jax.config import defaults, demo
+c = demo.get_config()
+next(data.train_batches(c, local_batch_size=8))
+next(data.eval_batches(c, local_batch_size=8))
 assert "tensorflow" not in sys.modules
 """
 

@@ -166,3 +166,18 @@ def test_mutable_true_keeps_the_network_quantized():
     # calibrate() (mutable=["calib"]) still sees the float activations.
     lsb = calibrate.calibrate(model, v, [x])
     assert jax.tree.structure(lsb) == jax.tree.structure(v["quant"])
+
+
+def test_batch_norm_train_as_a_field_or_an_argument():
+    """A network binds train into its norm constructor (layers.defs); both forms agree and
+    giving it twice (or never) is an error."""
+    x = jax.random.normal(jax.random.key(3), (4, 3, 3, 2))
+    v = layers.BatchNorm().init(jax.random.key(0), x, train=False)
+    for train in (False, True):
+        a = layers.BatchNorm().apply(v, x, train=train, mutable=["batch_stats"])
+        b = layers.defs(None, train=train).norm().apply(v, x, mutable=["batch_stats"])
+        np.testing.assert_array_equal(a[0], b[0])
+    with pytest.raises(ValueError):
+        layers.BatchNorm(train=True).apply(v, x, train=True)
+    with pytest.raises(ValueError):
+        layers.BatchNorm().apply(v, x)

@@ -1,6 +1,6 @@
 """Learning happens: fp32 training on the embedded digits, then FAQ fine-tuning at W4A4.
 
-One run of the default job (``config_defaults.default_config()``: ResNet-20 on scikit-learn's
+One run of the default job (``faq_jax.config.demo.get_config()``: ResNet-20 on scikit-learn's
 digits, 1497 training / 300 validation images, 10 classes) shortened to 2 fp32 epochs (46
 steps of 64) and 1 W4A4 fine-tuning epoch (23 steps): pretrain, eval_fp32, calibrate,
 eval_quant, finetune.
@@ -31,11 +31,12 @@ Thresholds (each holds for all five seeds, with the margin stated; the test runs
 
 import pytest
 
-from faq_jax import config_defaults, train
+from faq_jax import train
+from faq_jax.config import demo
 
 
 def _config(seed: int):
-    c = config_defaults.default_config()  # pretrain,eval_fp32,calibrate,eval_quant,finetune
+    c = demo.get_config()  # pretrain,eval_fp32,calibrate,eval_quant,finetune
     c.seed = seed
     c.pretrain.num_epochs = 2
     c.num_epochs = 1

@@ -10,12 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from faq_jax import export, int_executor, models
+from faq_jax import export, models
 from faq_jax import policy as policy_lib
 
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
-onnx_deploy = pytest.importorskip("faq_jax.onnx_deploy")
+onnx_deploy = pytest.importorskip("faq_jax.export.onnx_deploy")
 
 _NETS: dict = {}
 
@@ -34,11 +34,11 @@ def _net(family: str, bits: int):
 
 def _inputs(net, n: int, seed: int) -> np.ndarray:
     x = np.random.default_rng(seed).normal(size=(n, *net.graph["input_shape"]))
-    return int_executor.input_codes(net, x.astype(np.float32))
+    return export.input_codes(net, x.astype(np.float32))
 
 
 def _compare(net, proto, codes):
-    q, lsb = int_executor.run(net, codes)
+    q, lsb = export.run(net, codes)
     ref = np.ldexp(q.astype(np.float64), lsb)
     got = onnx_deploy.run(onnx_deploy.session(proto), codes=codes).astype(np.float64)
     assert got.shape == ref.shape and np.all(np.isfinite(got))
@@ -69,7 +69,7 @@ def test_deploy_model_agrees_with_the_executor(family, bits):
     sess = onnx_deploy.session(onnx_deploy.expose_codes(proto, [first["id"]]))
     logits, first_codes = sess.run(None, {"x_codes": codes.transpose(0, 3, 1, 2)})
     seen = {}
-    q, lsb = int_executor.run(net, codes, trace=lambda n, t: seen.__setitem__(n["id"], t))
+    q, lsb = export.run(net, codes, trace=lambda n, t: seen.__setitem__(n["id"], t))
     # The first quantizer after conv + BN: only the int32 bias rounding and ties differ.
     zp = 128 if first["signed"] else 0
     diff = first_codes.transpose(0, 2, 3, 1).astype(np.int64) - zp - seen[first["id"]].q
@@ -116,7 +116,7 @@ def test_bn_fold_negative_and_zero_multipliers():
 def test_float_input_and_image_helper():
     net = _net("resnet20", 8)
     x = np.random.default_rng(4).normal(size=(4, 32, 32, 3)).astype(np.float32)
-    codes = int_executor.input_codes(net, x)
+    codes = export.input_codes(net, x)
     by_codes = onnx_deploy.run(onnx_deploy.session(onnx_deploy.to_onnx(net)), codes=codes)
     by_images = onnx_deploy.run(onnx_deploy.session(onnx_deploy.to_onnx(net)), images=x)
     np.testing.assert_array_equal(by_codes, by_images)

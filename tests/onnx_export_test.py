@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from faq_jax import export, int_executor, layers, models
+from faq_jax import export, layers, models
 from faq_jax import policy as policy_lib
 
 ort = pytest.importorskip("onnxruntime")
-onnx_export = pytest.importorskip("faq_jax.onnx_export")
+onnx_writer = pytest.importorskip("faq_jax.export.onnx_writer")
 
 
 def _session(model_proto):
@@ -28,8 +28,8 @@ def test_onnx_integer_model_equals_executor(arch, w, a):
     net = export.export(model, export.random_variables(model, (32, 32, 3)),
                         input_shape=(32, 32, 3))
     codes = np.random.default_rng(0).integers(-127, 128, (3, 32, 32, 3)).astype(np.int8)
-    q, lsb = int_executor.run(net, codes)
-    proto = onnx_export.to_onnx(net)
+    q, lsb = export.run(net, codes)
+    proto = onnx_writer.to_onnx(net)
     meta = {p.key: p.value for p in proto.metadata_props}
     assert int(meta["logits_l"]) == lsb and int(meta["input_l"]) == net.nodes[0]["l"]
     float_ops = {"Conv", "Gemm", "Relu", "AveragePool", "QuantizeLinear"}
@@ -75,7 +75,7 @@ def test_onnx_float_model_is_the_simulation_without_activation_quantizers(family
     variables = export.random_variables(model, shape)
     net = export.export(model, variables, input_shape=shape)
     x = np.random.default_rng(1).standard_normal((8, *shape)).astype(np.float32)
-    out = _session(onnx_export.to_onnx(net, float_mode=True)).run(
+    out = _session(onnx_writer.to_onnx(net, float_mode=True)).run(
         None, {"x": x.transpose(0, 3, 1, 2)})[0]
     assert out.dtype == np.float32
     ref32 = np.asarray(_simulated_float(model, variables, x))
@@ -97,8 +97,8 @@ def test_onnx_other_families_equal_executor(family):
                           else policy_lib.W8A8)
     net = export.export(model, export.random_variables(model, shape), input_shape=shape)
     codes = np.random.default_rng(2).integers(-127, 128, (2, *shape)).astype(np.int8)
-    q, _ = int_executor.run(net, codes)
-    out = _session(onnx_export.to_onnx(net)).run(None, {"x_codes": codes.transpose(0, 3, 1, 2)})
+    q, _ = export.run(net, codes)
+    out = _session(onnx_writer.to_onnx(net)).run(None, {"x_codes": codes.transpose(0, 3, 1, 2)})
     np.testing.assert_array_equal(out[0], q)
 
 
@@ -109,7 +109,7 @@ def test_onnx_model_passes_the_checker(arch):
     net = export.export(model, export.random_variables(model, (32, 32, 3)),
                         input_shape=(32, 32, 3))
     for float_mode in (False, True):
-        proto = onnx_export.to_onnx(net, float_mode=float_mode)
+        proto = onnx_writer.to_onnx(net, float_mode=float_mode)
         onnx.checker.check_model(proto, full_check=True)
         dims = proto.graph.output[0].type.tensor_type.shape.dim
         assert [d.dim_param or d.dim_value for d in dims] == ["N", 10]
@@ -123,4 +123,4 @@ def test_onnx_refuses_operands_wider_than_8_bits():
         net = export.export(model, export.random_variables(model, (32, 32, 3)),
                             input_shape=(32, 32, 3))
         with pytest.raises(export.ExportError, match=match):
-            onnx_export.to_onnx(net)
+            onnx_writer.to_onnx(net)

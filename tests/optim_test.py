@@ -4,7 +4,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from faq_jax import config_defaults, optim
+from faq_jax import optim
+from faq_jax.config import defaults
 
 
 def _sched(c, num_train):
@@ -12,7 +13,7 @@ def _sched(c, num_train):
 
 
 def test_4bit_exponential_lr_at_epochs():
-    c = config_defaults.paper_finetune("resnet34", 4)
+    c = defaults.paper_finetune("resnet34", 4)
     num_train = 2560  # 10 steps of 256 per epoch
     lr = optim.lr_schedule(c.optim, _sched(c, num_train))
     for epoch in (0, 1, 30, 109):
@@ -21,18 +22,18 @@ def test_4bit_exponential_lr_at_epochs():
             assert got == pytest.approx(0.0015 * 0.936**epoch, rel=1e-5), epoch
     assert float(lr(109 * 10)) == pytest.approx(1.1e-6, rel=0.05)  # "ends ~1e-6"
     assert c.optim.weight_decay == 1e-4
-    assert config_defaults.paper_finetune("resnet18", 4).optim.weight_decay == 0.5e-4
+    assert defaults.paper_finetune("resnet18", 4).optim.weight_decay == 0.5e-4
 
 
 def test_8bit_constant_lr():
-    c = config_defaults.paper_finetune("resnet50", 8)
+    c = defaults.paper_finetune("resnet50", 8)
     assert c.num_epochs == 1 and c.optim.schedule == "constant"
     lr = optim.lr_schedule(c.optim, _sched(c, 2560))
     assert float(lr(0)) == float(lr(9)) == pytest.approx(1e-4)
 
 
 def test_step_decay():
-    o = config_defaults.optim_config(1e-3, "step")
+    o = defaults.optim_config(1e-3, "step")
     c = ml_collections.ConfigDict(dict(batch_size=256, micro_batch_size=0, batch_schedule=(),
                                        num_epochs=110))
     lr = optim.lr_schedule(o, _sched(c, 2560))
@@ -58,7 +59,7 @@ def test_batch_size_schedule_256_to_2048():
     # Every epoch consumes (nearly) the whole training set in micro-batches.
     assert s.micro_offset(56) == 55 * 80 + 40 * 2
     # The lr still changes per *epoch*, not per step, when epochs hold fewer steps.
-    o = config_defaults.optim_config(0.0015, "exponential")
+    o = defaults.optim_config(0.0015, "exponential")
     lr = optim.lr_schedule(o, s)
     assert float(lr(int(starts[160]))) == pytest.approx(0.0015 * 0.936**160, rel=1e-5)
 
@@ -74,7 +75,7 @@ def test_sgd_matches_torch_semantics():
     # torch SGD: buf = m*buf + (g + wd*p); p -= lr*buf.
     import jax.numpy as jnp
 
-    o = config_defaults.optim_config(0.1, "constant", weight_decay=0.01)
+    o = defaults.optim_config(0.1, "constant", weight_decay=0.01)
     c = ml_collections.ConfigDict(dict(batch_size=1, micro_batch_size=0, batch_schedule=(),
                                        num_epochs=1))
     tx = optim.make_optimizer(o, _sched(c, 100))
@@ -92,7 +93,7 @@ def test_sgd_matches_torch_semantics():
 def test_per_step_anneal_and_cosine_reach_their_final_lr_whatever_the_epochs():
     """anneal: lr_t = 0.0015 (1e-6 / 0.0015)^(t/T); cosine from lr to final_lr; per step."""
     for epochs in (3, 10):
-        c = config_defaults.paper_finetune("resnet18", 4)
+        c = defaults.paper_finetune("resnet18", 4)
         c.num_epochs, c.optim.schedule, c.optim.final_lr = epochs, "anneal", 1e-6
         b = _sched(c, 2560)  # 10 steps per epoch
         T = b.total_steps()

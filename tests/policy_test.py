@@ -100,3 +100,45 @@ def test_inception_last_act_role_is_every_relu_the_classifier_reads():
     inner = ("branch3x3_1", "branch3x3dbl_1", "branch3x3dbl_2")
     assert [p.act_bits(f"Mixed_7c/{b}/act") for b in inner] == [4] * 3
     assert p.act_bits("Mixed_7b/branch_pool/act") == 4
+
+
+def test_weight_quantizer_is_the_one_recipe():
+    """quantize_weight = fixed_point at weight_grid's (b, l): k*std below maxabs_bits,
+    max|w| from maxabs_bits up, the width taken from the rules by path."""
+    import jax  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    from faq_jax import quant  # noqa: PLC0415
+
+    w = jax.random.normal(jax.random.key(0), (3, 3, 8, 16)) * 0.05
+    p = policy_lib.W4A4.with_roles(ROLES)
+    for path, bits, clip in (("layer1_0/conv1", 4, 4.12), ("conv1", 8, None)):
+        b, lsb = p.weight_grid(path, w)
+        assert b == bits
+        assert float(lsb) == float(quant.weight_lsb(w, bits=bits, clip_std=clip))
+        np.testing.assert_array_equal(
+            p.quantize_weight(path, w), quant.fixed_point(w, bits=bits, lsb=lsb, signed=True))
+
+
+def test_percentile_threshold_is_maxabs_bits():
+    p = Policy(maxabs_bits=6)
+    assert p.percentile(6) == p.percentile_8bit and p.percentile(5) == p.percentile_lowbit
+    assert p.clip_std(6) is None and p.clip_std(5) == p.weight_clip_std
+
+
+def test_from_config_builds_the_configured_policy():
+    from faq_jax.config import defaults  # noqa: PLC0415
+
+    c = defaults.get_base("resnet18", 4, 4)
+    c.quant.rules = (("layer4_*", 2, None),)
+    c.calib.percentile_lowbit = 99.5
+    p = policy_lib.from_config(c.quant, c.calib)
+    assert p == policy_lib.paper_policy(4, 4, rules=(Rule("layer4_*", 2, None),),
+                                        percentile_lowbit=99.5)
+    c.quant.paper_rules = False
+    assert policy_lib.from_config(c.quant, c.calib).rules == (Rule("layer4_*", 2, None),)
+    c.quant.enabled = False
+    assert policy_lib.from_config(c.quant, c.calib) is None
+    c.quant.enabled, c.quant.w_bits = True, 1
+    with pytest.raises(ValueError, match="w_bits"):
+        policy_lib.from_config(c.quant, c.calib)

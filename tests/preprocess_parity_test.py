@@ -36,7 +36,7 @@ def photo_jpeg(name: str) -> bytes:
 @pytest.mark.parametrize("image_size,resize,min_identical,max_mean", [
     (224, 256, 0.999, 0.001), (299, 342, 0.998, 0.002)])
 def test_eval_matches_torchvision(image_size, resize, min_identical, max_mean):
-    from faq_jax import preprocess
+    from faq_jax.data import preprocess
 
     tf = preprocess.tf
     reference = transforms.Compose([
@@ -72,7 +72,7 @@ def test_eval_matches_torchvision(image_size, resize, min_identical, max_mean):
 def test_tensorflow_then_torchvision_does_not_crash():
     pytest.importorskip("torchvision")
     code = (
-        "from faq_jax import input_pipeline, preprocess\n"
+        "from faq_jax.data import pipeline, preprocess\n"
         "tf = preprocess.tf\n"
         "ds = tf.data.Dataset.range(4).map(lambda x: x * 2).batch(2)\n"
         "assert [b.tolist() for b in ds.as_numpy_iterator()] == [[0, 2], [4, 6]]\n"

@@ -238,3 +238,12 @@ def test_matches_numpy_formula_on_random_values(dtype):
             grad = jax.grad(q_sum)(xj)
             np.testing.assert_array_equal(np.asarray(grad, np.float64),
                                           ((codes >= lo) & (codes <= hi)).astype(np.float64))
+
+
+def test_codes_and_overflow():
+    codes, over = quant.codes_and_overflow(jnp.asarray([0.5, -1.0, 6.9]), bits=4, lsb=0,
+                                           signed=True)
+    np.testing.assert_array_equal(codes, [1, -1, 7])
+    assert not bool(over)
+    codes, over = quant.codes_and_overflow(jnp.asarray([8.0]), bits=4, lsb=0, signed=True)
+    assert int(codes[0]) == 7 and bool(over)

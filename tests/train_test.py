@@ -9,11 +9,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from faq_jax import checkpointing, config_defaults, train
+from faq_jax import checkpointing, train, workdir
+from faq_jax.config import defaults, demo
 
 
 def _config(**overrides):
-    c = config_defaults.default_config()
+    c = demo.get_config()
     c.stages = "calibrate,finetune"
     c.batch_size = 32
     c.eval_batch_size = 152  # 300 eval digits: 2 batches, the second padded
@@ -75,14 +76,14 @@ def test_bad_config_values_fail_before_compute(tmp_path):
     for overrides, match in cases:
         with pytest.raises(ValueError, match=match):
             train.train_and_evaluate(_config(**overrides), str(tmp_path / "w"))
-    fractional = config_defaults.get_base("resnet20", 4, 4, num_epochs=1.5, dataset="digits")
+    fractional = defaults.get_base("resnet20", 4, 4, num_epochs=1.5, dataset="digits")
     with pytest.raises(ValueError, match="num_epochs.*whole number"):
         train.train_and_evaluate(fractional, str(tmp_path / "w"))
     assert not (tmp_path / "w" / "checkpoints").exists()
 
 
 def test_workdir_of_another_experiment_is_refused(tmp_path):
-    checkpointing.check_workdir(str(tmp_path), {"arch": "resnet50", "w_bits": 8})
+    workdir.check_experiment(str(tmp_path), {"arch": "resnet50", "w_bits": 8})
     with pytest.raises(ValueError, match="holds another experiment.*arch"):
         train.train_and_evaluate(_config(), str(tmp_path))
 
@@ -95,7 +96,7 @@ def test_corrupt_checkpoint_is_reported_and_kept(tmp_path):
     for p in victims:
         p.write_bytes(b"\0" * 17)
     before = sorted(str(p) for p in ckpt.rglob("*"))
-    with pytest.raises(checkpointing.CheckpointError, match="cannot restore checkpoint step 1"):
+    with pytest.raises(workdir.CheckpointError, match="cannot restore checkpoint step 1"):
         train.train_and_evaluate(_config(max_steps=2, stages="finetune"), str(wd))
     assert sorted(str(p) for p in ckpt.rglob("*")) == before  # nothing overwritten
     assert "2" not in os.listdir(wd / "checkpoints")
@@ -143,7 +144,7 @@ def test_relative_workdir_and_sigterm_handler_given_back(tmp_path, monkeypatch):
 
 def test_checkpoint_past_the_configured_end_is_refused(tmp_path):
     train.train_and_evaluate(_config(max_steps=2, stages="finetune"), str(tmp_path))
-    with pytest.raises(checkpointing.CheckpointError, match="step 2, past this run's last step 1"):
+    with pytest.raises(workdir.CheckpointError, match="step 2, past this run's last step 1"):
         train.train_and_evaluate(_config(max_steps=1, stages="finetune"), str(tmp_path))
     assert checkpointing.latest_step(str(tmp_path / "checkpoints")) == 2
 

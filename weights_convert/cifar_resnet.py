@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from faq_jax import lazy_imports
+from faq_jax import keypaths, lazy_imports
 from faq_jax.models import resnet_cifar
-from weights_convert import torchvision as tv_convert
+from weights_convert import mapping
 
 PREFIX = "cifar_resnet"
 
@@ -160,12 +160,12 @@ def convert(state_dict: Mapping[str, Any], arch: str, *, num_classes: int | None
         if path is None:
             unmatched.append(key)
             continue
-        flat[path] = tv_convert.to_flax_layout(path, tv_convert.to_numpy(sd[key]))
+        flat[path] = mapping.to_flax_layout(path, mapping.to_numpy(sd[key]))
         source[path] = key
     if num_classes is None:
         w = flat.get("params/linear/kernel")
         num_classes = int(w.shape[-1]) if w is not None and w.ndim == 2 else 10
-    expected = tv_convert.expected_shapes(arch, num_classes, ())
+    expected = mapping.expected_shapes(arch, num_classes, ())
     missing = [_torch_key(p) for p in expected if p not in flat]
     extra = unmatched + [source[p] for p in flat if p not in expected]
     mismatched = [f"{source[p]!r} is {_torch_shape(p, flat[p].shape)}, {arch} expects "
@@ -184,7 +184,7 @@ def convert(state_dict: Mapping[str, Any], arch: str, *, num_classes: int | None
         cause = _diagnose(keys, arch)
         head = f"not a {arch} state dict" + (f": {cause}" if cause else "")
         raise ValueError(f"{head} ({'; '.join(parts)})")
-    tree = tv_convert.nest(flat)
+    tree = keypaths.unflatten(flat)
     return {"params": tree["params"], "batch_stats": tree["batch_stats"]}
 
 

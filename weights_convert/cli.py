@@ -31,9 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from faq_jax import lazy_imports, models, pretrained
-from weights_convert import cifar_resnet
-from weights_convert import torchvision as tv_convert
+from faq_jax import converted, lazy_imports, models
+from weights_convert import cifar_resnet, mapping
 
 PARITY_TOL = 1e-4
 PARITY_TOL_CIFAR = 1e-5  # the CIFAR ResNets are small enough for a tighter check
@@ -243,14 +242,14 @@ def load_images(path: str, count: int, size: int, mean: Sequence[float],
     return x.astype(np.float32), names
 
 
-def _normalization(args: argparse.Namespace) -> pretrained.Normalization | None:
+def _normalization(args: argparse.Namespace) -> converted.Normalization | None:
     """--mean/--std, else the arch's default (ImageNet's; None for resnet20)."""
     if (args.mean is None) != (args.std is None):
         raise ConvertError("--mean and --std go together (3 values each, RGB)")
     if args.mean is None:
-        return pretrained.default_normalization(args.arch)
+        return converted.default_normalization(args.arch)
     try:
-        return pretrained.check_normalization(args.mean, args.std)
+        return converted.check_normalization(args.mean, args.std)
     except ValueError as e:
         raise ConvertError(f"--mean/--std: {e}") from None
 
@@ -276,9 +275,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mean", type=float, nargs=3, default=None, metavar=("R", "G", "B"),
                    help="input normalisation the weights were trained with, recorded in the "
                         "manifest: (x - mean) / std on [0, 1] RGB (default: ImageNet's "
-                        f"{pretrained.IMAGENET_MEAN}; none for resnet20)")
+                        f"{converted.IMAGENET_MEAN}; none for resnet20)")
     p.add_argument("--std", type=float, nargs=3, default=None, metavar=("R", "G", "B"),
-                   help=f"see --mean (default: ImageNet's {pretrained.IMAGENET_STD})")
+                   help=f"see --mean (default: ImageNet's {converted.IMAGENET_STD})")
     p.add_argument("--num-classes", type=int, default=None,
                    help="classifier width (default: read off the weights)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
@@ -294,7 +293,7 @@ def run(args: argparse.Namespace) -> Path:
         if not args.force:
             raise ConvertError(f"--out {str(out)!r} exists and is not empty (pass --force to "
                                "replace a converted checkpoint there)")
-        why = pretrained.not_replaceable(out)
+        why = converted.not_replaceable(out)
         if why:
             raise ConvertError(f"--force refuses to replace {str(out)!r}: {why}. It only "
                                "replaces a folder this converter wrote; choose a new --out")
@@ -319,11 +318,11 @@ def run(args: argparse.Namespace) -> Path:
             variables = cifar_resnet.convert(state_dict, args.arch,
                                              num_classes=args.num_classes)
         else:
-            variables = tv_convert.convert(state_dict, args.arch,
+            variables = mapping.convert(state_dict, args.arch,
                                            num_classes=args.num_classes, **kwargs)
     except ValueError as e:
         raise ConvertError(f"{args.state_dict or args.weights}: {e}") from e
-    num_classes = int(args.num_classes or tv_convert.num_classes(variables, args.arch))
+    num_classes = int(args.num_classes or mapping.num_classes(variables, args.arch))
     error = inputs = None
     size = models.spec(args.arch).image_size
     tol = PARITY_TOL_CIFAR if cifar else PARITY_TOL
@@ -364,7 +363,7 @@ def run(args: argparse.Namespace) -> Path:
         "parity_inputs": inputs,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    return pretrained.save(out, variables, manifest, overwrite=args.force)
+    return converted.save(out, variables, manifest, overwrite=args.force)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from faq_jax import keypaths
 from faq_jax.policy import Policy
 
 
@@ -56,16 +57,8 @@ def spec(arch: str) -> ArchSpec:
 
 def quant_sites(variables: Any) -> tuple[list[str], list[str]]:
     """(weight paths, activation paths) of a model's quantizers, from its variables."""
-    flat = jax.tree_util.tree_flatten_with_path(variables)[0]
-    weights, acts = [], []
-    for keypath, _ in flat:
-        keys = [k.key for k in keypath]
-        coll, mod, leaf = keys[0], "/".join(keys[1:-1]), keys[-1]
-        if coll == "params" and leaf == "kernel":
-            weights.append(mod)
-        elif coll == "quant" and leaf == "lsb":
-            acts.append(mod)
-    return weights, acts
+    return (list(keypaths.owners(variables.get("params", {}), "kernel")),
+            list(keypaths.owners(variables.get("quant", {}), "lsb")))
 
 
 def create(arch: str, *, policy: Policy | None = None, num_classes: int = 1000,

@@ -20,6 +20,7 @@ classifier_input=``classifier_input``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -40,38 +41,32 @@ class _DenseLayer(nn.Module):
 
     growth_rate: int
     bn_size: int
-    policy: Policy | None = None
-    dtype: Any = None
+    conv: layers.ModuleDef = layers.Conv
+    norm: layers.ModuleDef = layers.BatchNorm
+    act: layers.ModuleDef = layers.ActQuant
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        p, dt = self.policy, self.dtype
-        x = layers.BatchNorm(policy=p, name="norm1")(x, train)
-        x = layers.ActQuant(policy=p, name="relu1")(x)
-        x = layers.Conv(self.bn_size * self.growth_rate, (1, 1), policy=p, dtype=dt,
-                        kernel_init=_conv_init, name="conv1")(x)
-        x = layers.BatchNorm(policy=p, name="norm2")(x, train)
-        x = layers.ActQuant(policy=p, name="relu2")(x)
-        return layers.Conv(self.growth_rate, (3, 3), padding=layers.torch_pad(3, 1),
-                           policy=p, dtype=dt, kernel_init=_conv_init, name="conv2")(x)
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = self.norm(name="norm1")(x)
+        x = self.act(name="relu1")(x)
+        x = self.conv(self.bn_size * self.growth_rate, (1, 1), name="conv1")(x)
+        x = self.norm(name="norm2")(x)
+        x = self.act(name="relu2")(x)
+        return self.conv(self.growth_rate, (3, 3), padding=layers.torch_pad(3, 1),
+                         name="conv2")(x)
 
 
 class _DenseBlock(nn.Module):
     """``num_layers`` dense layers; returns the concat of the input and all new maps."""
 
     num_layers: int
-    growth_rate: int
-    bn_size: int
-    policy: Policy | None = None
-    dtype: Any = None
+    layer: layers.ModuleDef  # a _DenseLayer with its sizes and layer constructors bound
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def __call__(self, x: jax.Array) -> jax.Array:
         maps = [x]
         for i in range(self.num_layers):
-            layer = _DenseLayer(self.growth_rate, self.bn_size, policy=self.policy,
-                                dtype=self.dtype, name=f"denselayer{i + 1}")
-            maps.append(layer(jnp.concatenate(maps, axis=-1), train))
+            maps.append(self.layer(name=f"denselayer{i + 1}")(jnp.concatenate(maps, axis=-1)))
         return jnp.concatenate(maps, axis=-1)
 
 
@@ -79,15 +74,15 @@ class _Transition(nn.Module):
     """norm -> relu -> conv (1x1) -> AvgPool2d(2, 2)."""
 
     features: int
-    policy: Policy | None = None
-    dtype: Any = None
+    conv: layers.ModuleDef = layers.Conv
+    norm: layers.ModuleDef = layers.BatchNorm
+    act: layers.ModuleDef = layers.ActQuant
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = layers.BatchNorm(policy=self.policy, name="norm")(x, train)
-        x = layers.ActQuant(policy=self.policy, name="relu")(x)
-        x = layers.Conv(self.features, (1, 1), policy=self.policy, dtype=self.dtype,
-                        kernel_init=_conv_init, name="conv")(x)
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = self.norm(name="norm")(x)
+        x = self.act(name="relu")(x)
+        x = self.conv(self.features, (1, 1), name="conv")(x)
         return layers.avg_pool(x, 2, 2)
 
 
@@ -98,27 +93,27 @@ class _Features(nn.Module):
     block_config: tuple[int, ...]
     num_init_features: int
     bn_size: int
-    policy: Policy | None = None
-    dtype: Any = None
+    conv: layers.ModuleDef = layers.Conv
+    norm: layers.ModuleDef = layers.BatchNorm
+    act: layers.ModuleDef = layers.ActQuant
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        p, dt = self.policy, self.dtype
-        x = layers.Conv(self.num_init_features, (7, 7), strides=(2, 2),
-                        padding=layers.torch_pad(7, 3), policy=p, dtype=dt, kernel_init=_conv_init,
-                        name="conv0")(x)
-        x = layers.BatchNorm(policy=p, name="norm0")(x, train)
-        x = layers.ActQuant(policy=p, name="relu0")(x)
+    def __call__(self, x: jax.Array) -> jax.Array:
+        defs = dict(conv=self.conv, norm=self.norm, act=self.act)
+        x = self.conv(self.num_init_features, (7, 7), strides=(2, 2),
+                      padding=layers.torch_pad(7, 3), name="conv0")(x)
+        x = self.norm(name="norm0")(x)
+        x = self.act(name="relu0")(x)
         x = layers.max_pool(x, 3, 2, 1)
+        layer = functools.partial(_DenseLayer, self.growth_rate, self.bn_size, **defs)
         channels = self.num_init_features
         for b, num_layers in enumerate(self.block_config, start=1):
-            x = _DenseBlock(num_layers, self.growth_rate, self.bn_size, policy=p, dtype=dt,
-                            name=f"denseblock{b}")(x, train)
+            x = _DenseBlock(num_layers, layer, name=f"denseblock{b}")(x)
             channels += num_layers * self.growth_rate
             if b != len(self.block_config):
                 channels //= 2
-                x = _Transition(channels, policy=p, dtype=dt, name=f"transition{b}")(x, train)
-        return layers.BatchNorm(policy=p, name="norm5")(x, train)
+                x = _Transition(channels, **defs, name=f"transition{b}")(x)
+        return self.norm(name="norm5")(x)
 
 
 class DenseNet(nn.Module):
@@ -139,15 +134,15 @@ class DenseNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        p = self.policy
-        x = layers.InputQuant(policy=p, name="input_quant")(x)
+        conv, norm, act, dense = layers.defs(self.policy, self.dtype, train)
+        conv = functools.partial(conv, kernel_init=_conv_init)
+        x = layers.InputQuant(policy=self.policy, name="input_quant")(x)
         x = _Features(self.growth_rate, tuple(self.block_config), self.num_init_features,
-                      self.bn_size, policy=p, dtype=self.dtype, name="features")(x, train)
-        x = layers.ActQuant(policy=p, name="relu5")(x)
+                      self.bn_size, conv=conv, norm=norm, act=act, name="features")(x)
+        x = act(name="relu5")(x)
         x = layers.global_avg_pool(x)
-        x = layers.ActQuant(relu=False, policy=p, name="classifier_input")(x)
-        return layers.Dense(self.num_classes, policy=p, dtype=self.dtype,
-                            kernel_init=_dense_init, name="classifier")(x)
+        x = act(relu=False, name="classifier_input")(x)
+        return dense(self.num_classes, kernel_init=_dense_init, name="classifier")(x)
 
 
 def densenet161(*, policy: Policy | None = None, num_classes: int = 1000,

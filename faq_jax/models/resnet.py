@@ -17,6 +17,10 @@ own calibrated l in ``quant/lsb``):
 - ``fc_input``: re-quantizes the global average pool's output before ``fc`` (no ReLU).
 
 The image first passes ``input_quant`` (:class:`~faq_jax.layers.InputQuant`).
+
+The network builds its layer constructors once (``conv``, ``norm``, ``act``, ``dense`` from
+:func:`faq_jax.layers.defs`: the policy, dtype and train mode bound) and hands them to the
+blocks, which read like torchvision's float blocks.
 """
 
 from __future__ import annotations
@@ -57,25 +61,23 @@ class BasicBlock(nn.Module):
     planes: int
     stride: int = 1
     downsample: bool = False
-    policy: Policy | None = None
-    dtype: Any = None
+    conv: layers.ModuleDef = layers.Conv
+    norm: layers.ModuleDef = layers.BatchNorm
+    act: layers.ModuleDef = layers.ActQuant
     shortcut: str = "B"
 
     expansion = 1
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        p, dt = self.policy, self.dtype
+    def __call__(self, x: jax.Array) -> jax.Array:
         s = (self.stride, self.stride)
-        out = layers.Conv(self.planes, (3, 3), s, layers.torch_pad(3, 1), policy=p, dtype=dt,
-                          name="conv1")(x)
-        out = layers.BatchNorm(policy=p, name="bn1")(out, train)
-        out = layers.ActQuant(policy=p, name="act1")(out)
-        out = layers.Conv(self.planes, (3, 3), (1, 1), layers.torch_pad(3, 1), policy=p,
-                          dtype=dt, name="conv2")(out)
-        out = layers.BatchNorm(policy=p, name="bn2")(out, train)
-        identity = _shortcut(self, x, self.planes * self.expansion, train)
-        return layers.ActQuant(policy=p, name="act2")(out + identity)
+        out = self.conv(self.planes, (3, 3), s, layers.torch_pad(3, 1), name="conv1")(x)
+        out = self.norm(name="bn1")(out)
+        out = self.act(name="act1")(out)
+        out = self.conv(self.planes, (3, 3), (1, 1), layers.torch_pad(3, 1), name="conv2")(out)
+        out = self.norm(name="bn2")(out)
+        identity = _shortcut(self, x, self.planes * self.expansion)
+        return self.act(name="act2")(out + identity)
 
 
 class Bottleneck(nn.Module):
@@ -84,29 +86,28 @@ class Bottleneck(nn.Module):
     planes: int
     stride: int = 1
     downsample: bool = False
-    policy: Policy | None = None
-    dtype: Any = None
+    conv: layers.ModuleDef = layers.Conv
+    norm: layers.ModuleDef = layers.BatchNorm
+    act: layers.ModuleDef = layers.ActQuant
 
     expansion = 4
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        p, dt = self.policy, self.dtype
+    def __call__(self, x: jax.Array) -> jax.Array:
         s = (self.stride, self.stride)
-        out = layers.Conv(self.planes, (1, 1), policy=p, dtype=dt, name="conv1")(x)
-        out = layers.BatchNorm(policy=p, name="bn1")(out, train)
-        out = layers.ActQuant(policy=p, name="act1")(out)
-        out = layers.Conv(self.planes, (3, 3), s, layers.torch_pad(3, 1), policy=p, dtype=dt,
-                          name="conv2")(out)
-        out = layers.BatchNorm(policy=p, name="bn2")(out, train)
-        out = layers.ActQuant(policy=p, name="act2")(out)
-        out = layers.Conv(self.planes * 4, (1, 1), policy=p, dtype=dt, name="conv3")(out)
-        out = layers.BatchNorm(policy=p, name="bn3")(out, train)
-        identity = _shortcut(self, x, self.planes * self.expansion, train)
-        return layers.ActQuant(policy=p, name="act3")(out + identity)
+        out = self.conv(self.planes, (1, 1), name="conv1")(x)
+        out = self.norm(name="bn1")(out)
+        out = self.act(name="act1")(out)
+        out = self.conv(self.planes, (3, 3), s, layers.torch_pad(3, 1), name="conv2")(out)
+        out = self.norm(name="bn2")(out)
+        out = self.act(name="act2")(out)
+        out = self.conv(self.planes * 4, (1, 1), name="conv3")(out)
+        out = self.norm(name="bn3")(out)
+        identity = _shortcut(self, x, self.planes * self.expansion)
+        return self.act(name="act3")(out + identity)
 
 
-def _shortcut(block: nn.Module, x: jax.Array, features: int, train: bool) -> jax.Array:
+def _shortcut(block: nn.Module, x: jax.Array, features: int) -> jax.Array:
     """The identity, or, when shapes change, torchvision's downsample (1x1 strided conv + BN;
     option B) or the parameter-free option A (every stride-th pixel, zero channels padded
     evenly on both sides)."""
@@ -121,10 +122,8 @@ def _shortcut(block: nn.Module, x: jax.Array, features: int, train: bool) -> jax
             raise ValueError(f"{'/'.join(block.path)}: an option-A shortcut pads channels "
                              f"evenly; {x.shape[-1]} -> {features} cannot")
         return layers.subsample_pad(x, block.stride, extra // 2, extra // 2)
-    s = (block.stride, block.stride)
-    y = layers.Conv(features, (1, 1), s, policy=block.policy, dtype=block.dtype,
-                    name="downsample_0")(x)
-    return layers.BatchNorm(policy=block.policy, name="downsample_1")(y, train)
+    y = block.conv(features, (1, 1), (block.stride, block.stride), name="downsample_0")(x)
+    return block.norm(name="downsample_1")(y)
 
 
 class ResNet(nn.Module):
@@ -142,12 +141,11 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        p, dt = self.policy, self.dtype
-        x = layers.InputQuant(policy=p, name="input_quant")(x)
-        x = layers.Conv(64, (7, 7), (2, 2), layers.torch_pad(7, 3), policy=p, dtype=dt,
-                        name="conv1")(x)
-        x = layers.BatchNorm(policy=p, name="bn1")(x, train)
-        x = layers.ActQuant(policy=p, name="act")(x)
+        conv, norm, act, dense = layers.defs(self.policy, self.dtype, train)
+        x = layers.InputQuant(policy=self.policy, name="input_quant")(x)
+        x = conv(64, (7, 7), (2, 2), layers.torch_pad(7, 3), name="conv1")(x)
+        x = norm(name="bn1")(x)
+        x = act(name="act")(x)
         x = layers.max_pool(x, 3, 2, 1)  # torch pads the max-pool with -inf
         block, in_planes = self._block, 64
         for stage, n in enumerate(self.stage_sizes):
@@ -155,14 +153,13 @@ class ResNet(nn.Module):
             for i in range(n):
                 stride = 2 if stage > 0 and i == 0 else 1
                 down = stride != 1 or in_planes != planes * block.expansion
-                x = block(planes, stride, down, policy=p, dtype=dt,
-                          name=f"layer{stage + 1}_{i}")(x, train)
+                x = block(planes, stride, down, conv=conv, norm=norm, act=act,
+                          name=f"layer{stage + 1}_{i}")(x)
                 in_planes = planes * block.expansion
         x = layers.global_avg_pool(x)
-        x = layers.ActQuant(relu=False, policy=p, name="fc_input")(x)
-        return layers.Dense(self.num_classes, policy=p, dtype=dt,
-                            kernel_init=torch_linear_kernel_init,
-                            bias_init=torch_linear_bias_init(x.shape[-1]), name="fc")(x)
+        x = act(relu=False, name="fc_input")(x)
+        return dense(self.num_classes, kernel_init=torch_linear_kernel_init,
+                     bias_init=torch_linear_bias_init(x.shape[-1]), name="fc")(x)
 
     def roles(self) -> dict[str, str]:
         """Module paths of the policy roles (first conv, fc, last ReLU, fc's input)."""

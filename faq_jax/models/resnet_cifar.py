@@ -58,28 +58,26 @@ class ResNetCifar(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        p, dt = self.policy, self.dtype
-        x = layers.InputQuant(policy=p, name="input_quant")(x)
-        x = layers.Conv(self.width, (3, 3), (1, 1), layers.torch_pad(3, 1), policy=p,
-                        dtype=dt, name="conv1")(x)
-        x = layers.BatchNorm(policy=p, name="bn1")(x, train)
-        x = layers.ActQuant(policy=p, name="act")(x)
+        conv, norm, act, dense = layers.defs(self.policy, self.dtype, train)
+        x = layers.InputQuant(policy=self.policy, name="input_quant")(x)
+        x = conv(self.width, (3, 3), (1, 1), layers.torch_pad(3, 1), name="conv1")(x)
+        x = norm(name="bn1")(x)
+        x = act(name="act")(x)
         in_planes = self.width
         for stage, n in enumerate(self.stage_sizes):
             planes = self.width * 2**stage
             for i in range(n):
                 stride = 2 if stage > 0 and i == 0 else 1
                 down = stride != 1 or in_planes != planes
-                x = resnet.BasicBlock(planes, stride, down, policy=p, dtype=dt,
+                x = resnet.BasicBlock(planes, stride, down, conv=conv, norm=norm, act=act,
                                       shortcut=self.shortcut,
-                                      name=f"layer{stage + 1}_{i}")(x, train)
+                                      name=f"layer{stage + 1}_{i}")(x)
                 in_planes = planes
         x = layers.global_avg_pool(x)
-        x = layers.ActQuant(relu=False, policy=p, name=f"{self.classifier}_input")(x)
-        return layers.Dense(self.num_classes, policy=p, dtype=dt,
-                            kernel_init=resnet.torch_linear_kernel_init,
-                            bias_init=resnet.torch_linear_bias_init(x.shape[-1]),
-                            name=self.classifier)(x)
+        x = act(relu=False, name=f"{self.classifier}_input")(x)
+        return dense(self.num_classes, kernel_init=resnet.torch_linear_kernel_init,
+                     bias_init=resnet.torch_linear_bias_init(x.shape[-1]),
+                     name=self.classifier)(x)
 
     def roles(self) -> dict[str, str]:
         """Module paths of the policy roles (first conv, classifier, last ReLU, its input)."""

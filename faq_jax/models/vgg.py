@@ -27,6 +27,7 @@ flattening: ``classifier_0``'s kernel is then exactly torch's ``weight.T``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -60,34 +61,33 @@ class VGG(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        p, dt = self.policy, self.dtype
-        x = layers.InputQuant(policy=p, name="input_quant")(x)
+        conv, norm, act, dense = layers.defs(self.policy, self.dtype, train)
+        dense = functools.partial(dense, kernel_init=_dense_init)
+        dropout = functools.partial(nn.Dropout, self.dropout, deterministic=not train)
+        x = layers.InputQuant(policy=self.policy, name="input_quant")(x)
         i = 0
         for v in self.cfg:
             if v == "M":
                 x = layers.max_pool(x, 2, 2, 0)
                 i += 1
                 continue
-            x = layers.Conv(v, (3, 3), padding=layers.torch_pad(3, 1), use_bias=True,
-                            policy=p, dtype=dt, name=f"features_{i}")(x)
-            x = layers.BatchNorm(policy=p, name=f"features_{i + 1}")(x, train)
-            x = layers.ActQuant(policy=p, name=f"features_{i + 2}")(x)
+            x = conv(v, (3, 3), padding=layers.torch_pad(3, 1), use_bias=True,
+                     name=f"features_{i}")(x)
+            x = norm(name=f"features_{i + 1}")(x)
+            x = act(name=f"features_{i + 2}")(x)
             i += 3
         averages = layers.adaptive_pool_averages(x.shape[1:3], (7, 7))
         x = layers.adaptive_avg_pool(x, (7, 7))
         x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # torch's NCHW flatten
         if averages:  # an average feeds classifier_0: back onto its input grid
-            x = layers.ActQuant(relu=False, policy=p, name="classifier_0_input")(x)
-        x = layers.Dense(4096, policy=p, dtype=dt, kernel_init=_dense_init,
-                         name="classifier_0")(x)
-        x = layers.ActQuant(policy=p, name="classifier_1")(x)
-        x = nn.Dropout(self.dropout, deterministic=not train, name="classifier_2")(x)
-        x = layers.Dense(4096, policy=p, dtype=dt, kernel_init=_dense_init,
-                         name="classifier_3")(x)
-        x = layers.ActQuant(policy=p, name="classifier_4")(x)
-        x = nn.Dropout(self.dropout, deterministic=not train, name="classifier_5")(x)
-        return layers.Dense(self.num_classes, policy=p, dtype=dt, kernel_init=_dense_init,
-                         name="classifier_6")(x)
+            x = act(relu=False, name="classifier_0_input")(x)
+        x = dense(4096, name="classifier_0")(x)
+        x = act(name="classifier_1")(x)
+        x = dropout(name="classifier_2")(x)
+        x = dense(4096, name="classifier_3")(x)
+        x = act(name="classifier_4")(x)
+        x = dropout(name="classifier_5")(x)
+        return dense(self.num_classes, name="classifier_6")(x)
 
 
 def vgg16_bn(*, policy: Policy | None = None, num_classes: int = 1000, dtype: Any = None,

@@ -18,9 +18,10 @@ port, pid, workdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
 
-from faq_jax import config_defaults, train  # noqa: E402
+from faq_jax import train  # noqa: E402
+from faq_jax.config import demo  # noqa: E402
 
-c = config_defaults.default_config()
+c = demo.get_config()
 c.stages = "calibrate,eval_quant,finetune"
 c.batch_size = 32
 c.eval_batch_size = 64

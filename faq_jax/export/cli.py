@@ -1,0 +1,82 @@
+"""``python -m faq_jax.export --workdir DIR --out net.npz [--onnx net.onnx]
+[--onnx_int8 net_fast.onnx]``.
+
+Reads the latest fine-tuned checkpoint of a training workdir, exports it
+(:func:`faq_jax.export.export`) and writes the ``.npz`` (and, with ``--onnx``, the ONNX
+integer model). :func:`load_workdir` is the workdir half on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from typing import Any
+
+import flax.linen as nn
+import ml_collections
+
+from faq_jax import checkpointing, models
+from faq_jax import policy as policy_lib
+from faq_jax import workdir as workdir_lib
+from faq_jax.export import exporter, intnet
+from faq_jax.export.intnet import ExportError
+
+
+def load_workdir(workdir: str, config_path: str | None = None
+                 ) -> tuple[nn.Module, dict[str, Any], ml_collections.ConfigDict]:
+    """(quantized model, latest fine-tuned variables, config) of a training workdir.
+
+    The config is ``config_path`` if given, else the workdir's (:func:`workdir.read_config`).
+    Raises ExportError for a float run, a run never calibrated (unless the config says
+    ``calib.enabled=False``) and a workdir without a fine-tuned checkpoint.
+    """
+    workdir = workdir_lib.absolute(workdir)
+    config = workdir_lib.read_config(workdir, config_path)
+    policy = policy_lib.from_config(config.quant, config.calib)
+    if policy is None:
+        raise ExportError(f"{workdir}: a float run (quant disabled); nothing to export")
+    summary = workdir_lib.read_summary(workdir)
+    if "calibrated_lsb" not in summary and config.calib.enabled:
+        raise ExportError(f"{workdir}: {workdir_lib.SUMMARY} has no calibrated_lsb: the "
+                          "activation l's were never calibrated (run the calibrate stage, or "
+                          "pass --config with calib.enabled=False if that was deliberate)")
+    ckdir = workdir_lib.finetune_dir(workdir)
+    if checkpointing.latest_step(ckdir) is None:
+        raise ExportError(f"{ckdir}: no fine-tuned checkpoint")
+    _, state = checkpointing.restore_latest(ckdir)
+    variables = {k: state[k] for k in ("params", "batch_stats", "quant")}
+    model = models.create(config.arch, policy=policy, num_classes=config.num_classes)
+    return model, variables, config
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m faq_jax.export --workdir DIR --out FILE.npz [--onnx FILE.onnx]``."""
+    ap = argparse.ArgumentParser(
+        prog="python -m faq_jax.export",
+        description="Export a fine-tuned FAQ workdir as an integer network.")
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--out", required=True, help="integer network (.npz)")
+    ap.add_argument("--onnx", default=None, help="also write an ONNX integer model")
+    ap.add_argument("--onnx_int8", default=None,
+                    help="also write the int8 deployment ONNX model (onnxruntime's fast "
+                         "QLinearConv path; not bit-exact, see docs/export.md)")
+    ap.add_argument("--config", default=None, help="the run's config file (full policy)")
+    ap.add_argument("--image_size", type=int, default=None,
+                    help="input H = W (default: the run's data.image_size)")
+    args = ap.parse_args(argv)
+    model, variables, config = load_workdir(args.workdir, args.config)
+    size = args.image_size or config.data.image_size
+    net = exporter.export(model, variables, input_shape=(size, size, 3),
+                          allow_uncalibrated=not config.calib.enabled)
+    intnet.save(net, args.out)
+    buf = io.StringIO()
+    buf.write(f"wrote {args.out}: {len(net.nodes)} nodes, {len(net.arrays)} arrays")
+    if args.onnx:
+        from faq_jax.export import onnx_writer  # noqa: PLC0415 - onnx is optional
+        onnx_writer.save(net, args.onnx)
+        buf.write(f"; {args.onnx}")
+    if args.onnx_int8:
+        from faq_jax.export import onnx_deploy  # noqa: PLC0415 - onnx is optional
+        onnx_deploy.save(net, args.onnx_int8, allow_uncalibrated=not config.calib.enabled)
+        buf.write(f"; {args.onnx_int8} (int8 deployment model)")
+    print(buf.getvalue())

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import zlib
 from typing import Any
 
 import flax.linen as nn
@@ -154,7 +155,8 @@ def random_variables(model: nn.Module, input_shape: tuple[int, int, int], *, see
     variables = dict(model.init(jax.random.fold_in(key, 1), x))
 
     def perturb(path, a):
-        k = jax.random.fold_in(key, hash(jax.tree_util.keystr(path)) % (2**31))
+        # crc32, not hash(): str hashes change per process, these networks must not.
+        k = jax.random.fold_in(key, zlib.crc32(jax.tree_util.keystr(path).encode()) % (2**31))
         name = path[-1].key
         if name == "var":
             return jax.random.uniform(k, a.shape, minval=0.5, maxval=2.0)

@@ -157,7 +157,7 @@ def random_variables(model: nn.Module, input_shape: tuple[int, int, int], *, see
     def perturb(path, a):
         # crc32, not hash(): str hashes change per process, these networks must not.
         k = jax.random.fold_in(key, zlib.crc32(jax.tree_util.keystr(path).encode()) % (2**31))
-        name = path[-1].key
+        name = keypaths.key_name(path[-1])
         if name == "var":
             return jax.random.uniform(k, a.shape, minval=0.5, maxval=2.0)
         if name == "mean":

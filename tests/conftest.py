@@ -8,7 +8,11 @@ faq_jax/lazy_imports.py); the library's own lazy imports keep that order too.
 import importlib.util
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# The 8 fake devices are threads: on a loaded 2-core machine one can wait minutes for the
+# others inside a collective, past XLA:CPU's default timeout (which aborts the process).
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+                      "--xla_cpu_collective_timeout_seconds=1200 "
+                      "--xla_cpu_collective_call_terminate_timeout_seconds=1200")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 if importlib.util.find_spec("torch") is not None:

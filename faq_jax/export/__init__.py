@@ -10,6 +10,8 @@ The modules, from the bottom up (each imports only those above it in this list):
   :func:`input_codes`);
 - :mod:`~faq_jax.export.onnx_writer`: the ONNX form (needs the ``export`` extra; import it
   explicitly: ``from faq_jax.export import onnx_writer``);
+- :mod:`~faq_jax.export.onnx_deploy`: the int8 deployment ONNX model (QDQ, onnxruntime's
+  fast path, not bit-exact; ``from faq_jax.export import onnx_deploy``);
 - :mod:`~faq_jax.export.cli`: ``python -m faq_jax.export --workdir DIR --out net.npz``.
 """
 

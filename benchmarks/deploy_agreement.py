@@ -115,7 +115,7 @@ def compare(net, x, labels, sessions: dict[str, object], batch: int = 500,
         print(f"{min(i + batch, n)}/{n} images, {time.time() - t0:.0f}s", file=sys.stderr)
     print("| model | top-1 == executor | top-1 accuracy | logits differ | max rel. logit error |")
     print("|---|---|---|---|---|")
-    print(f"| int_executor (bit-exact) | - | {100 * exec_correct / n:.2f}% | - | - |")
+    print(f"| executor (bit-exact) | - | {100 * exec_correct / n:.2f}% | - | - |")
     for k, s in stats.items():
         print(f"| {k} | {s['agree']}/{n} ({100 * s['agree'] / n:.2f}%) | "
               f"{100 * s['correct'] / n:.2f}% | {s['differ']}/{n} | {s['rel']:.2e} |")

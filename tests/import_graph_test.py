@@ -24,8 +24,7 @@ CORE = ("quant", "policy", "layers", "models", "keypaths")
 APPLICATION = ("train", "trainer", "export", "data", "config", "workdir", "checkpointing",
                "main")
 EXPORT_RANK = {"intnet": 0, "graph": 1, "executor": 1, "exporter": 2, "onnx_writer": 2,
-               "onnx_deploy": 2,
-               "cli": 3, "__main__": 4}
+               "onnx_deploy": 3, "cli": 4, "__main__": 5}
 
 
 def _modules(root: pathlib.Path, package: str) -> dict[str, pathlib.Path]:

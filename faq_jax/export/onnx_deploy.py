@@ -36,10 +36,10 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from faq_jax import quant
-from faq_jax.export import executor, intnet
+from faq_jax.export import executor, intnet, onnx_writer
 from faq_jax.export.intnet import ExportError
 
 FORMAT = "faq_jax.intnet.onnx-deploy"
@@ -67,26 +67,7 @@ class _V:
         return self.zp is not None and self.conv is None
 
 
-class _Writer:
-    def __init__(self) -> None:
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-        self.n = 0
-
-    def name(self, base: str) -> str:
-        self.n += 1
-        return f"{base.replace('/', '.')}_{self.n}"
-
-    def const(self, arr, base: str = "c") -> str:
-        nm = self.name(base)
-        self.inits.append(numpy_helper.from_array(np.asarray(arr), nm))
-        return nm
-
-    def op(self, op_type: str, inputs: list[str], base: str = "t", **attrs) -> str:
-        out = self.name(base)
-        self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
-        return out
-
+class _Writer(onnx_writer.GraphBuilder):
     def dq(self, v: _V) -> str:
         """DequantizeLinear of uint8 codes (one node per consumer, as QDQ fusion wants)."""
         return self.op("DequantizeLinear", [v.name, self.const(_scale(v.l, "DequantizeLinear")),

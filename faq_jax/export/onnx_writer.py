@@ -47,9 +47,10 @@ class _Val:
         self.bound = bound  # max |q| before the affine (per channel), when known
 
 
-class _Writer:
-    def __init__(self, net: intnet.IntegerNetwork, float_mode: bool):
-        self.net, self.float_mode = net, float_mode
+class GraphBuilder:
+    """Collects ONNX nodes and initializers under unique names (both ONNX writers use it)."""
+
+    def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.n = 0
@@ -67,6 +68,12 @@ class _Writer:
         out = self.name(base)
         self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
         return out
+
+
+class _Writer(GraphBuilder):
+    def __init__(self, net: intnet.IntegerNetwork, float_mode: bool):
+        super().__init__()
+        self.net, self.float_mode = net, float_mode
 
     def cast(self, v: _Val, dtype) -> str:
         dtype = np.dtype(dtype)

@@ -7,9 +7,10 @@ Speed (random weights, random BN statistics, l's calibrated on random data; ResN
   python benchmarks/inference.py speed --quick    # a quick check that it runs
 
 prints the machine (date, load average, lscpu model and SIMD flags) and the batch-1 latency
-and batch-32 throughput of three ONNX models of each network: the fp32 graph, the bit-exact
-integer model (``export.onnx_writer``: ConvInteger etc.) and the int8 deployment model
-(``onnx_deploy``: QDQ, fused by onnxruntime into QLinearConv / QLinearAdd).
+and batch-32 throughput of five ONNX models of each network: the fp32 graph, the bit-exact
+integer model (``export.onnx_writer``) with its convolutions chosen as by default, all as
+exact float32 Convs and all as ConvInteger, and the int8 deployment model (``onnx_deploy``:
+QDQ, fused by onnxruntime into QLinearConv / QLinearAdd).
 
 Agreement on the CIFAR-10 validation split (last 500 images per class):
 
@@ -86,9 +87,10 @@ SPEED_ARCHS = {"resnet18": 224, "resnet50": 224, "resnet20": 32, "cifar_resnet20
 
 def speed(archs: list[str], bits: int, threads: int, repeats: int, batch_repeats: int,
           size: int | None = None) -> None:
-    """Batch-1 latency and batch-32 throughput of three ONNX models of each network: the fp32
-    graph, the bit-exact integer model (``export.onnx_writer``) and the int8 deployment model
-    (``onnx_deploy``, QDQ fused into QLinearConv etc.)."""
+    """Batch-1 latency and batch-32 throughput of five ONNX models of each network: the fp32
+    graph, the bit-exact integer model (``export.onnx_writer``; float32 or ConvInteger
+    convolutions) and the int8 deployment model (``onnx_deploy``, QDQ fused into QLinearConv
+    etc.)."""
     from faq_jax.export import onnx_deploy  # noqa: PLC0415
 
     rng = np.random.default_rng(0)
@@ -102,7 +104,9 @@ def speed(archs: list[str], bits: int, threads: int, repeats: int, batch_repeats
     print("| network | model | batch-1 latency ms (median) | batch-32 images/s | "
           "throughput / fp32 |")
     print("|---|---|---|---|---|")
-    kinds = {"fp32": "fp32 ONNX", "int": "bit-exact integer ONNX", "deploy": "int8 deployment"}
+    kinds = {"fp32": "fp32 ONNX", "int": "bit-exact (default: float32 convs where exact)",
+             "int_f": "bit-exact, all float32 convs (split)",
+             "int_ci": "bit-exact, all ConvInteger", "deploy": "int8 deployment"}
     for arch in archs:
         hw = size or SPEED_ARCHS.get(arch, 224)
         classes = 10 if hw <= 64 else 1000
@@ -110,7 +114,10 @@ def speed(archs: list[str], bits: int, threads: int, repeats: int, batch_repeats
         variables = export.random_variables(model, (hw, hw, 3), batch=2, calib_batches=1)
         net = export.export(model, variables, input_shape=(hw, hw, 3))
         protos = {"fp32": onnx_writer.to_onnx(net, float_mode=True),
-                  "int": onnx_writer.to_onnx(net), "deploy": onnx_deploy.to_onnx(net)}
+                  "int": onnx_writer.to_onnx(net),
+                  "int_f": onnx_writer.to_onnx(net, conv_impl="float"),
+                  "int_ci": onnx_writer.to_onnx(net, conv_impl="integer"),
+                  "deploy": onnx_deploy.to_onnx(net)}
         res = {}
         for kind, proto in protos.items():
             sess = (onnx_deploy.session(proto, threads=threads) if kind == "deploy"

@@ -21,21 +21,57 @@ def _session(model_proto):
                                 providers=["CPUExecutionProvider"])
 
 
+@pytest.mark.parametrize("conv_impl", onnx_writer.CONV_IMPLS)
 @pytest.mark.parametrize("arch,w,a", [("resnet20", 4, 4), ("resnet20", 8, 8),
                                       ("cifar_resnet20", 4, 4), ("cifar_resnet20", 8, 8)])
-def test_onnx_integer_model_equals_executor(arch, w, a):
+def test_onnx_integer_model_equals_executor(arch, w, a, conv_impl):
     model = models.create(arch, policy=policy_lib.paper_policy(w, a), num_classes=10)
     net = export.export(model, export.random_variables(model, (32, 32, 3)),
                         input_shape=(32, 32, 3))
     codes = np.random.default_rng(0).integers(-127, 128, (3, 32, 32, 3)).astype(np.int8)
     q, lsb = export.run(net, codes)
-    proto = onnx_writer.to_onnx(net)
+    proto = onnx_writer.to_onnx(net, conv_impl=conv_impl)
     meta = {p.key: p.value for p in proto.metadata_props}
     assert int(meta["logits_l"]) == lsb and int(meta["input_l"]) == net.nodes[0]["l"]
-    float_ops = {"Conv", "Gemm", "Relu", "AveragePool", "QuantizeLinear"}
-    assert not float_ops & {n.op_type for n in proto.graph.node}
+    ops = [n.op_type for n in proto.graph.node]
+    assert not {"Gemm", "Relu", "AveragePool", "QuantizeLinear"} & set(ops)
+    n_conv = sum(node["op"] == "conv" for node in net.nodes)
+    if conv_impl == "integer":
+        assert ops.count("ConvInteger") == n_conv and "Conv" not in ops
+    elif conv_impl == "float":  # every conv in float32, some split into exact channel groups
+        assert "ConvInteger" not in ops and ops.count("Conv") >= n_conv
+    else:  # float32 where one group suffices
+        assert ops.count("ConvInteger") + ops.count("Conv") == n_conv  # none split
     out = _session(proto).run(None, {"x_codes": codes.transpose(0, 3, 1, 2)})[0]
     assert out.dtype == np.int64
+    np.testing.assert_array_equal(out, q)
+
+
+def test_channel_groups_keep_every_partial_sum_below_the_limit():
+    per_input = np.asarray([[3, 1], [3, 1], [1, 4], [2, 2]], np.int64)
+    groups = onnx_writer.channel_groups(per_input, limit=7)
+    assert groups == [(0, 2), (2, 4)]
+    for lo, hi in groups:
+        assert per_input[lo:hi].sum(axis=0).max() < 7
+    assert onnx_writer.channel_groups(per_input, limit=100) == [(0, 4)]
+    assert onnx_writer.channel_groups(per_input, limit=4) is None  # channel 2 alone is 4
+
+
+def test_onnx_split_float_convolutions_stay_exact_at_the_float32_limit():
+    """Weights and codes at the 8-bit extremes: a 3x3 window sums 255 x 127 codes over 16+
+    channels, beyond 2^24, so ``conv_impl="float"`` must split the input channels."""
+    model = models.create("resnet20", policy=policy_lib.W8A8, num_classes=10)
+    variables = export.random_variables(model, (32, 32, 3))
+    net = export.export(model, variables, input_shape=(32, 32, 3))
+    for node in net.nodes:
+        if node["op"] == "conv":
+            wq = net.arrays[node["w"]]
+            net.arrays[node["w"]] = np.where(wq >= 0, 127, -127).astype(wq.dtype)
+    codes = np.full((2, 32, 32, 3), 127, np.int8)
+    q, _ = export.run(net, codes)
+    proto = onnx_writer.to_onnx(net, conv_impl="float")
+    assert "Slice" in [n.op_type for n in proto.graph.node]
+    out = _session(proto).run(None, {"x_codes": codes.transpose(0, 3, 1, 2)})[0]
     np.testing.assert_array_equal(out, q)
 
 

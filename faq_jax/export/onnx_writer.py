@@ -1,8 +1,11 @@
 """ONNX form of an exported integer network, op for op the arithmetic of the executor.
 
-Integer mode (default): ``ConvInteger`` / ``MatMulInteger`` (int8/uint8 operands, int32
-accumulators) and ``Mul``/``Add``/``Div``/``Mod``/``Clip``/``Cast`` in int32 where a static
-bound (max input code x per-channel sum |w|) proves it fits, else int64: a folded
+Integer mode (default): convolutions and dense layers as exact float32 ``Conv`` / ``MatMul``
+of the integer codes where a static bound proves every partial sum is an integer below 2^24,
+else ``ConvInteger`` / ``MatMulInteger`` with int32 accumulators (``conv_impl`` chooses;
+``"float"`` splits the input channels into groups that each stay below the bound), and
+``Mul``/``Add``/``Div``/``Mod``/``Clip``/``Cast`` in int32 where a static bound (max input
+code x per-channel sum |w|) proves it fits, else int64: a folded
 BatchNorm followed by its quantizer becomes ``y = acc * (s A) + (t A + B)``, ``floor(y / D)``,
 clip, cast to uint8 (see ``executor.requantize`` for A, B, D). Max pooling casts the
 codes to float32 (8-bit codes) or float64 (wider, exact below 2^53) and back; average
@@ -70,10 +73,41 @@ class GraphBuilder:
         return out
 
 
+CONV_IMPLS = ("auto", "float", "integer")
+EXACT_F32 = 2**24  # float32 holds every integer of magnitude <= 2^24 exactly
+
+
+def channel_groups(per_input: np.ndarray, limit: int = EXACT_F32) -> list[tuple[int, int]] | None:
+    """Contiguous input-channel ranges whose accumulations stay below ``limit``.
+
+    ``per_input[c, o]``: the largest |contribution| of input channel c to output channel o
+    (max code x sum over the kernel window of |w|). Every partial sum of a range is bounded
+    by the range's column sums, so a float32 convolution over one range is exact when they
+    are below ``limit``. ``None`` when a single channel already reaches it.
+    """
+    groups, start, acc = [], 0, np.zeros(per_input.shape[1], np.int64)
+    for c in range(per_input.shape[0]):
+        if np.max(per_input[c]) >= limit:
+            return None
+        if np.max(acc + per_input[c]) >= limit:
+            groups.append((start, c))
+            start, acc = c, np.zeros_like(acc)
+        acc = acc + per_input[c]
+    groups.append((start, per_input.shape[0]))
+    return groups
+
+
 class _Writer(GraphBuilder):
-    def __init__(self, net: intnet.IntegerNetwork, float_mode: bool):
+    def __init__(self, net: intnet.IntegerNetwork, float_mode: bool, conv_impl: str = "auto"):
         super().__init__()
-        self.net, self.float_mode = net, float_mode
+        self.net, self.float_mode, self.conv_impl = net, float_mode, conv_impl
+        self._as_float: dict[str, str] = {}
+
+    def as_float(self, v: _Val) -> str:
+        """v's codes as float32 (exact for 8-bit codes), one Cast per tensor."""
+        if v.name not in self._as_float:
+            self._as_float[v.name] = self.cast(v, np.float32)
+        return self._as_float[v.name]
 
     def cast(self, v: _Val, dtype) -> str:
         dtype = np.dtype(dtype)
@@ -134,6 +168,55 @@ def _axis(v: _Val, axis: int) -> int:
     return {1: 2, 2: 3, 3: 1}.get(axis, axis) if v.nchw else axis
 
 
+def _conv(w: _Writer, node: dict[str, Any], x: _Val, wq: np.ndarray, path: str,
+          pads: list[int]) -> str:
+    """int32 accumulators of a convolution of 8-bit codes ``x`` with HWIO int8 ``wq``."""
+    kw = dict(pads=pads, strides=node["strides"], group=node["groups"])
+    w_oihw = np.transpose(wq, (3, 2, 0, 1))
+    xmax = np.iinfo(x.dtype).max
+    # per_input[c, o]: input channel c's largest contribution to output o (groups == 1)
+    per_input = xmax * np.abs(wq.astype(I64)).sum(axis=(0, 1))
+    if node["groups"] != 1:  # grouped convs are not split: all or nothing
+        per_input = per_input.sum(axis=0, keepdims=True)
+    groups = None if w.conv_impl == "integer" else channel_groups(per_input)
+    if w.conv_impl == "auto" and groups is not None and len(groups) > 1:
+        groups = None  # split float convs measured slower than one ConvInteger
+    if groups is not None:  # exact float32 convolution(s), summed in int32
+        xf, parts = w.as_float(x), []
+        for lo, hi in groups:
+            xs = xf if len(groups) == 1 else w.op("Slice", [
+                xf, w.const(np.asarray([lo], I64)), w.const(np.asarray([hi], I64)),
+                w.const(np.asarray([1], I64))])
+            wf = w_oihw if len(groups) == 1 else w_oihw[:, lo:hi]
+            y = w.op("Conv", [xs, w.const(wf.astype(np.float32), path)], path, **kw)
+            parts.append(w.op("Cast", [y], to=TensorProto.INT32))
+        acc = parts[0]
+        for part in parts[1:]:  # ONNX Sum takes float types only
+            acc = w.op("Add", [acc, part])
+        return acc
+    # uint8 operands with zero point 128 (exact: ConvInteger sums (x-zx)(w-zw) in int32):
+    # onnxruntime's uint8 x uint8 kernel is MLAS's, several times faster than its int8-weight
+    # one.
+    zp = w.const(np.asarray(128, np.uint8))
+    w_u8 = (w_oihw.astype(np.int16) + 128).astype(np.uint8)
+    xu, xz = x.name, ""
+    if x.dtype == np.int8:
+        xu = w.op("Cast", [w.op("Add", [w.op("Cast", [xu], to=TensorProto.INT16),
+                                        w.const(np.asarray(128, np.int16))])],
+                  to=TensorProto.UINT8)
+        xz = zp
+    return w.op("ConvInteger", [xu, w.const(w_u8, path), xz, zp], path, **kw)
+
+
+def _matmul(w: _Writer, x: _Val, wq: np.ndarray, path: str) -> str:
+    """int32 accumulators of a dense layer (exact float32 MatMul where the bound allows)."""
+    bound = np.iinfo(x.dtype).max * np.abs(wq.astype(I64)).sum(axis=0)
+    if w.conv_impl != "integer" and np.max(bound) < EXACT_F32:
+        y = w.op("MatMul", [w.as_float(x), w.const(wq.astype(np.float32), path)], path)
+        return w.op("Cast", [y], to=TensorProto.INT32)
+    return w.op("MatMulInteger", [x.name, w.const(wq, path)], path)
+
+
 def _int_node(w: _Writer, node: dict[str, Any], ins: list[_Val], arrays) -> _Val:
     op, path = node["op"], node.get("path", node["op"])
     shape = node.get("shape_out")
@@ -151,18 +234,9 @@ def _int_node(w: _Writer, node: dict[str, Any], ins: list[_Val], arrays) -> _Val
             # uint8 operands with zero point 128 (exact: ConvInteger sums (x-zx)(w-zw) in
             # int32): onnxruntime's uint8 x uint8 kernel is MLAS's, several times faster than
             # its int8-weight one.
-            zp = w.const(np.asarray(128, np.uint8))
-            w_u8 = (np.transpose(wq, (3, 2, 0, 1)).astype(np.int16) + 128).astype(np.uint8)
-            xu, xz = x.name, ""
-            if x.dtype == np.int8:
-                xu = w.op("Cast", [w.op("Add", [w.op("Cast", [xu], to=TensorProto.INT16),
-                                                w.const(np.asarray(128, np.int16))])],
-                          to=TensorProto.UINT8)
-                xz = zp
-            acc = w.op("ConvInteger", [xu, w.const(w_u8, path), xz, zp], path,
-                       pads=[pt, pl, pb, pr], strides=node["strides"], group=node["groups"])
+            acc = _conv(w, node, x, wq, path, [pt, pl, pb, pr])
         else:
-            acc = w.op("MatMulInteger", [x.name, w.const(wq, path)], path)
+            acc = _matmul(w, x, wq, path)
         out = _Val(acc, np.int32, x.l + node["w_l"], 1, op == "conv", shape)
         xmax = np.iinfo(x.dtype).max  # 8-bit codes: 255 unsigned, 127 signed (symmetric)
         sum_w = np.abs(wq.astype(I64)).sum(axis=tuple(range(wq.ndim - 1)))
@@ -398,10 +472,19 @@ def _float_node(w: _Writer, node: dict[str, Any], ins: list[_Val], arrays) -> _V
     raise intnet.ExportError(f"ONNX float writer: unsupported op {op!r} at {path}")
 
 
-def to_onnx(net: intnet.IntegerNetwork, *, float_mode: bool = False,
+def to_onnx(net: intnet.IntegerNetwork, *, float_mode: bool = False, conv_impl: str = "auto",
             opset: int = 21) -> onnx.ModelProto:
-    """The ONNX model of ``net`` (integer ops; ``float_mode``: the fp32 baseline)."""
-    w = _Writer(net, float_mode)
+    """The ONNX model of ``net`` (integer arithmetic; ``float_mode``: the fp32 baseline).
+
+    ``conv_impl="auto"`` runs a convolution as one float32 ``Conv`` where every partial sum
+    is an integer below 2^24 (exact; onnxruntime's float kernels beat ConvInteger), else as
+    ``ConvInteger``; ``"float"`` always in float32 (input channels split into exact groups
+    where needed), ``"integer"`` always ``ConvInteger``/``MatMulInteger``. All give the same
+    bits.
+    """
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl={conv_impl!r}; choose one of {CONV_IMPLS}")
+    w = _Writer(net, float_mode, conv_impl)
     vals: dict[int, _Val] = {}
     out_val = None
     h, wd, c = net.graph["input_shape"]
@@ -442,6 +525,7 @@ def to_onnx(net: intnet.IntegerNetwork, *, float_mode: bool = False,
     return model
 
 
-def save(net: intnet.IntegerNetwork, path: str, *, float_mode: bool = False) -> None:
+def save(net: intnet.IntegerNetwork, path: str, *, float_mode: bool = False,
+         conv_impl: str = "auto") -> None:
     """Writes the ONNX model of ``net`` to ``path``."""
-    onnx.save(to_onnx(net, float_mode=float_mode), path)
+    onnx.save(to_onnx(net, float_mode=float_mode, conv_impl=conv_impl), path)

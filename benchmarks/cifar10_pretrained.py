@@ -21,9 +21,25 @@ final checkpoint of its run. Runs, in order (``--runs`` picks some):
   k = 3.25 and 2.04: see ``CLIP_K``), and ``noise_w{8,4,2}`` (Fig. 1: 200 steps at the
   W4A4 schedule's first learning rate with the gradient-noise measure on).
 
+- ResNet-20, LSQ beside FAQ (``quant.method="lsq"``, Esser et al., ICLR 2020):
+  ``lsq_w4a4``, ``lsq_w3a3``, ``lsq_w2a2`` from the same ``fp32_adapted`` weights, on the same
+  data for the same ``EPOCHS`` = 10 epochs at batch 128 as ``w4a4``/``w3a3``/``w2a2``, the
+  same 8-bit first/last layers, BatchNorm constants and input quantizer, each method with its
+  paper's schedule. LSQ: SGD momentum 0.9, lr 0.01 with cosine decay to 0 per step (the paper:
+  0.01 for its quantized networks, cosine decay without restarts), weight decay 1e-4 / 0.5e-4 /
+  0.25e-4 at 4 / 3 / 2 bits (the paper lowers it with the precision; these are the issue's
+  reading of its values), none on the steps; steps started from the weights and the first
+  calibration batch. The steps are learned as powers of two (``quant.lsq_pow2=True``): both
+  methods then produce fixed-point networks, so the comparison is of how the steps are chosen
+  at the same hardware constraint, and the LSQ networks go through the same integer export
+  check. The paper's unconstrained steps are opt-in runs (``--runs lsq_w4a4_float,...``, same
+  recipe, ``lsq_pow2=False``, no integer export); ResNet-56 takes ``--runs lsq_w4a4`` (its FAQ
+  partner ``w4a4`` is a core run) when the budget allows.
+
 Each quantized run is compared with ``fp32_adapted`` on the same 10,000 images (difference,
-paired 95% interval, McNemar's exact p: :mod:`faq_jax.paired`). The W8A8/W4A4 networks are
-exported to integers and run: the NumPy executor (ResNet-20) or the integer ONNX model
+paired 95% interval, McNemar's exact p: :mod:`faq_jax.paired`), and each LSQ run with the FAQ
+run of its width on the same images. The W8A8/W4A4 networks (and the power-of-two LSQ ones)
+are exported to integers and run: the NumPy executor (ResNet-20) or the integer ONNX model
 (ResNet-56) must predict the float64 simulation's class on every test image.
 
 One command per network; it resumes (finished runs are skipped, unfinished ones continue from
@@ -67,10 +83,28 @@ CLIP_K = {4: 4.12, 3: 3.25, 2: 2.04}
 CORE = ("fp32_as_is", "fp32_adapted", "w8a8", "w4a4")
 R20_ONLY = ("w4a4_nocalib", "w4a4_bnfloat", "w4a4_random", "w3a3", "w2a2", "noise_w8",
             "noise_w4", "noise_w2")
+# LSQ (Esser et al., ICLR 2020) beside FAQ: its paper's lr and cosine decay, its weight decay
+# per width (none on the steps), power-of-two steps (an integer network, like FAQ's).
+LSQ_RUNS = ("lsq_w4a4", "lsq_w3a3", "lsq_w2a2")
+LSQ_LR = 0.01
+LSQ_WEIGHT_DECAY = {4: 1e-4, 3: 0.5e-4, 2: 0.25e-4}
+# Run only when named in --runs: the paper's unconstrained (float) steps, and ResNet-56's LSQ.
+OPT_IN = {"resnet20": tuple(f"{r}_float" for r in LSQ_RUNS), "resnet56": ("lsq_w4a4",)}
 
 
 def runs_of(net: str) -> tuple[str, ...]:
-    return CORE + (R20_ONLY if net == "resnet20" else ())
+    """The runs of ``net`` that run by default, in order."""
+    return CORE + (R20_ONLY + LSQ_RUNS if net == "resnet20" else ())
+
+
+def known_runs(net: str) -> tuple[str, ...]:
+    """Every run ``--runs`` accepts for ``net``: the default ones, then the opt-in ones."""
+    return runs_of(net) + OPT_IN.get(net, ())
+
+
+def lsq_pow2(name: str) -> bool:
+    """Whether LSQ run ``name`` learns power-of-two steps (all but the ``_float`` ones)."""
+    return not name.endswith("_float")
 
 
 def base_config(net: str, weights: str, norm) -> Any:
@@ -117,6 +151,14 @@ def run_config(net: str, name: str, weights: str, adapted: str, norm) -> Any:
     if name == "w8a8":
         c.num_epochs = 1
         c.optim = defaults.optim_config(1e-4, "constant", 1e-4)
+        return c
+    if name.startswith("lsq_"):
+        bits = int(name.split("_")[1][1])  # lsq_w3a3[_float] -> 3
+        c.quant.method, c.quant.lsq_pow2 = "lsq", lsq_pow2(name)
+        c.quant.w_bits = c.quant.a_bits = bits
+        c.num_epochs = EPOCHS
+        c.optim = defaults.optim_config(LSQ_LR, "cosine", LSQ_WEIGHT_DECAY[bits])
+        c.optim.final_lr = 0.0
         return c
     bits = {"w3a3": 3, "w2a2": 2, "noise_w8": 8, "noise_w2": 2}.get(name, 4)
     c.quant.w_bits = c.quant.a_bits = bits
@@ -272,14 +314,14 @@ def run_one(net: str, name: str, wd: pathlib.Path, weights: str, norm, max_steps
                              "input_normalization": {"mean": list(norm[0]),
                                                      "std": list(norm[1])}})
         record: dict[str, Any] = {"summary": {k: v for k, v in result.items()
-                                              if k != "calibrated_lsb"}}
+                                              if k not in ("calibrated_lsb", "lsq_init_steps")}}
         if not name.startswith("noise_"):
             policy = policy_lib.from_config(c.quant, c.calib)
             model = models.create(c.arch, policy=policy, num_classes=10)
             p = predictions(model, variables, c)
             np.savez_compressed(rdir / "predictions.npz", pred=p["pred"], label=p["label"])
             record["top1"] = 100.0 * float(np.mean(p["pred"] == p["label"]))
-            if name in ("w8a8", "w4a4"):
+            if name in ("w8a8", "w4a4") or (name.startswith("lsq_") and lsq_pow2(name)):
                 record["integer"] = integer_check(net, model, variables, p["images"],
                                                   p["label"], rdir)
     record.update(clock.total())
@@ -293,7 +335,7 @@ def report(net: str, wd: pathlib.Path) -> str:
     """The Markdown table of every finished run, paired against fp32_adapted."""
     from faq_jax import paired
 
-    recs = {n: json.loads((wd / n / "record.json").read_text()) for n in runs_of(net)
+    recs = {n: json.loads((wd / n / "record.json").read_text()) for n in known_runs(net)
             if (wd / n / "record.json").exists()}
     lines = [f"### CIFAR-10 {net}: all 10,000 JPEG test images, final checkpoints",
              "", "| run | top-1 | diff vs fp32_adapted | paired 95% CI | b/c | McNemar p | "
@@ -323,7 +365,65 @@ def report(net: str, wd: pathlib.Path) -> str:
         if gn:
             extra.append(f"- {name} mean gradient-noise cosine after 200 steps (Fig. 1): "
                          f"{gn['mean']:.3f}")
-    return "\n".join(lines + [""] + extra)
+    return "\n".join(lines + [""] + extra + lsq_vs_faq(net, wd))
+
+
+def _correct(wd: pathlib.Path, name: str) -> np.ndarray | None:
+    """Per-image correctness of a finished run (None if it has no predictions yet)."""
+    f = wd / name / "predictions.npz"
+    if not f.exists():
+        return None
+    p = np.load(f)
+    return p["pred"] == p["label"]
+
+
+def lsq_vs_faq(net: str, wd: pathlib.Path) -> list[str]:
+    """LSQ and FAQ side by side per width: each against fp32_adapted, and LSQ against FAQ,
+    paired on the same 10,000 images (difference, 95% interval, McNemar's exact p)."""
+    from faq_jax import paired
+
+    base = _correct(wd, "fp32_adapted")
+    widths = [b for b in (4, 3, 2) if f"lsq_w{b}a{b}" in known_runs(net)]
+    if base is None or not widths:
+        return []
+
+    def cell(cmp):
+        return (f"{cmp['run']:.2f} | {cmp['diff']:+.2f} [{cmp['ci_low']:+.2f}, "
+                f"{cmp['ci_high']:+.2f}] | {cmp['mcnemar_p']:.3g}")
+
+    lines = ["", f"### LSQ beside FAQ, CIFAR-10 {net} (fp32_adapted {100 * base.mean():.2f}%; "
+             "same data, epochs, 8-bit first/last layers)", "",
+             "| width | FAQ top-1 | FAQ − fp32 [95% CI] | p | LSQ top-1 | LSQ − fp32 "
+             "[95% CI] | p | LSQ − FAQ [95% CI] | b/c | p |", "|---|" + "---|" * 9]
+    within = {}
+    for b in widths:
+        for suffix in ("", "_float"):
+            faq, lsq = _correct(wd, f"w{b}a{b}"), _correct(wd, f"lsq_w{b}a{b}{suffix}")
+            if lsq is None and suffix:
+                continue
+            row = [f"W{b}A{b}" + (" (LSQ float steps)" if suffix else "")]
+            row.append(cell(paired.compare(base, faq)) if faq is not None else "pending | | ")
+            row.append(cell(paired.compare(base, lsq)) if lsq is not None else "pending | | ")
+            if faq is not None and lsq is not None:
+                d = paired.compare(faq, lsq)  # b: right by FAQ only, c: by LSQ only
+                row.append(f"{d['diff']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}] | "
+                           f"{d['b']}/{d['c']} | {d['mcnemar_p']:.3g}")
+            else:
+                row.append("pending | | ")
+            lines.append("| " + " | ".join(row) + " |")
+            if b == 2 and not suffix:
+                within = {m: 100 * (base.mean() - c.mean()) for m, c in
+                          (("FAQ", faq), ("LSQ", lsq)) if c is not None}
+    if 2 in widths:
+        if len(within) == 2:
+            held = min(within.values()) <= 2.0
+            lines += ["", f"- Claim (W2A2: at least one method within 2 points of fp32): "
+                      f"{'held' if held else 'not held'} (drop FAQ {within['FAQ']:.2f}, "
+                      f"LSQ {within['LSQ']:.2f} points)."]
+        else:
+            lines += ["", "- Claim (W2A2: at least one method within 2 points of fp32): "
+                      "pending (both W2A2 runs needed)."]
+    return lines
 
 
 def plots(wd: pathlib.Path, docs: pathlib.Path) -> list[str]:
@@ -367,16 +467,17 @@ def main() -> None:
     args = ap.parse_args()
     wd = pathlib.Path(os.path.expanduser(args.workdir)).absolute() / args.net
     wanted = [r for r in args.runs.split(",") if r] or list(runs_of(args.net))
-    unknown = set(wanted) - set(runs_of(args.net))
+    unknown = set(wanted) - set(known_runs(args.net))
     if unknown:
-        ap.error(f"unknown run(s) {sorted(unknown)} for {args.net}; runs: {runs_of(args.net)}")
+        ap.error(f"unknown run(s) {sorted(unknown)} for {args.net}; runs: "
+                 f"{known_runs(args.net)}")
     if not args.report:
         from faq_jax import converted
 
         wd.mkdir(parents=True, exist_ok=True)
         weights = convert(args.net, wd)
         norm = converted.input_normalization(weights)
-        for name in runs_of(args.net):
+        for name in known_runs(args.net):
             if name in wanted:
                 if name != "fp32_adapted" and not name.startswith("fp32") and \
                         not (wd / "fp32_adapted_weights").exists():

@@ -7,6 +7,9 @@
   jitted; ``trainer.Trainer`` runs it every step when ``config.analysis.grad_noise`` is set.
 - Weight similarity (Fig. 2): per layer, the mean over output channels (neurons) of the
   cosine between a neuron's weights before and after training.
+
+Both read the conv/dense kernels only (``kernel`` leaves): LSQ's learned step sizes, which
+live beside them in ``params``, are quantizer settings, not weights, and are left out.
 """
 
 from __future__ import annotations
@@ -64,9 +67,14 @@ class GradNoise:
         # A real copy (not a forwarded input): fit donates the train state right after.
         self.copy = jax.jit(lambda params: jax.tree.map(lambda x: x * 1, params))
 
-    def quantize(self, path: str, w: jax.Array) -> jax.Array:
-        """Q(w) with the layer's weight bits and a per-step l (what the forward pass uses)."""
-        return w if self.policy is None else self.policy.quantize_weight(path, w)
+    def quantize(self, path: str, w: jax.Array, params: Any = None) -> jax.Array:
+        """Q(w) with the layer's weight bits and a per-step l (what the forward pass uses);
+        an LSQ layer's learned step is read from ``params`` (the tree ``w`` belongs to)."""
+        if self.policy is None:
+            return w
+        name = self.policy.weight_step_param(path)
+        step = None if name is None else keypaths.get(params, path)[name]
+        return self.policy.quantize_weight(path, w, step)
 
     def init(self, params: Any) -> dict[str, jax.Array]:
         """Zero EMA of the quantized step, one per kernel."""
@@ -78,7 +86,7 @@ class GradNoise:
         new_state, cos = {}, {}
         for path, w_new in _kernel_items(new_params):
             w_old = old[path]
-            dq = self.quantize(path, w_new) - self.quantize(path, w_old)
+            dq = self.quantize(path, w_new, new_params) - self.quantize(path, w_old, old_params)
             ema = self.ema * state[path] + (1.0 - self.ema) * dq.astype(jnp.float32)
             new_state[path] = ema
             cos[path] = _cosine(w_new - w_old, ema)

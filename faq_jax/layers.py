@@ -8,6 +8,11 @@ Calibration (FAQ.md section 3) needs the *unquantized* network: when the ``calib
 collection is mutable, every block runs its float path and each :class:`ActQuant` sows
 the l its batch asks for. Activation l's live in the ``quant`` collection, never in
 ``params``, so the optimizer never touches them.
+
+Where the policy makes a quantizer LSQ's (``policy.method_of``), its step is learned: a
+parameter in ``params`` (``Policy.weight_step_param`` beside a kernel,
+``Policy.act_step_param`` on an :class:`ActQuant`) that starts from ``lsq.init_step`` of the
+initial kernel (weights) or, in the calibration pass, is sown from the batch (activations).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from faq_jax import quant
+from faq_jax import lsq, quant
 from faq_jax.policy import Policy
 
 Initializer = Callable[..., jax.Array]
@@ -49,6 +54,23 @@ def _calibrating(module: nn.Module) -> bool:
 def _active(module: nn.Module) -> bool:
     """Quantize unless the policy is off or this is a calibration pass."""
     return module.policy is not None and not _calibrating(module)
+
+
+def _kernel(module: nn.Module, kernel: jax.Array) -> jax.Array:
+    """The kernel the conv/dense computes with: quantized by the policy (FAQ, or LSQ with its
+    learned step, created here: it starts at ``lsq.init_step`` of the initial kernel)."""
+    if module.policy is None:
+        return kernel
+    path = _path(module)
+    name = module.policy.weight_step_param(path)
+    step = None
+    if name is not None:
+        bits = module.policy.weight_bits(path)
+        step = module.param(name, lambda _: lsq.to_param(
+            lsq.init_step(kernel, bits, True), module.policy.lsq_pow2))
+    if not _active(module):
+        return kernel
+    return module.policy.quantize_weight(path, kernel, step)
 
 
 def _quantize_bias(module: nn.Module, b: jax.Array) -> jax.Array:
@@ -117,9 +139,7 @@ class Conv(nn.Module):
             raise ValueError(f"{_path(self)}: {in_features} input channels do not split into "
                              f"{self.feature_group_count} groups")
         shape = (*self.kernel_size, in_features // self.feature_group_count, self.features)
-        kernel = self.param("kernel", self.kernel_init, shape, jnp.float32)
-        if _active(self):
-            kernel = self.policy.quantize_weight(_path(self), kernel)
+        kernel = _kernel(self, self.param("kernel", self.kernel_init, shape, jnp.float32))
         lhs, rhs, acc = _operands(x, kernel, self.dtype)
         y = jax.lax.conv_general_dilated(
             lhs, rhs, window_strides=self.strides, padding=[tuple(p) for p in self.padding],
@@ -146,10 +166,8 @@ class Dense(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features),
-                            jnp.float32)
-        if _active(self):
-            kernel = self.policy.quantize_weight(_path(self), kernel)
+        kernel = _kernel(self, self.param("kernel", self.kernel_init,
+                                          (x.shape[-1], self.features), jnp.float32))
         lhs, rhs, acc = _operands(x, kernel, self.dtype)
         y = jax.lax.dot_general(lhs, rhs, (((lhs.ndim - 1,), (0,)), ((), ())),
                                 preferred_element_type=acc)
@@ -218,11 +236,14 @@ class BatchNorm(nn.Module):
 
 
 class ActQuant(nn.Module):
-    """Optional ReLU, then the activation quantizer with a calibrated, frozen l.
+    """Optional ReLU, then the activation quantizer with a calibrated, frozen l (FAQ) or a
+    learned step (LSQ).
 
     Unsigned after a ReLU (FAQ's ReLU outputs); ``signed=True`` for re-quantizing tensors
-    that may be negative. l lives in ``quant/lsb``; until calibration it holds the
-    uncalibrated value of FAQ's control experiment (y_max = 2^(b/2) - 1).
+    that may be negative. FAQ's l lives in ``quant/lsb``; until calibration it holds the
+    uncalibrated value of FAQ's control experiment (y_max = 2^(b/2) - 1). LSQ's step lives
+    in ``params`` (``Policy.act_step_param``); it starts at that same uncalibrated step, and
+    the calibration pass sows ``lsq.init_step`` of its batch (the paper's first-batch start).
     """
 
     relu: bool = True
@@ -236,6 +257,9 @@ class ActQuant(nn.Module):
         if self.policy is None:
             return x
         bits = self.policy.act_bits(_path(self))
+        name = self.policy.act_step_param(_path(self))
+        if name is not None:
+            return self._lsq(x, bits, name)
         lsb = self.variable(QUANT, "lsb", lambda: jnp.asarray(
             quant.uncalibrated_activation_lsb(bits, self.signed), jnp.float32))
         if _calibrating(self):
@@ -244,6 +268,17 @@ class ActQuant(nn.Module):
             self.sow(CALIB, "lsb", quant.activation_lsb(y_max, bits=bits, signed=self.signed))
             return x
         return quant.fixed_point(x, bits=bits, lsb=lsb.value, signed=self.signed)
+
+    def _lsq(self, x: jax.Array, bits: int, name: str) -> jax.Array:
+        pow2 = self.policy.lsq_pow2
+        start = 2.0 ** quant.uncalibrated_activation_lsb(bits, self.signed)
+        step = self.param(name, lambda _: lsq.to_param(start, pow2))
+        if _calibrating(self):
+            self.sow(CALIB, name, lsq.to_param(lsq.init_step(x, bits, self.signed), pow2))
+            return x
+        # The gradient scale's N: features per example (the paper's N_F).
+        return lsq.quantize(x, lsq.step_of(step, pow2), bits=bits, signed=self.signed,
+                            num_elements=x.size // x.shape[0])
 
 
 class InputQuant(nn.Module):

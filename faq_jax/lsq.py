@@ -18,7 +18,13 @@ differs from ``torch.round``'s half-to-even only on exact ties).
 
 ``pow2_step`` keeps ``s`` a power of two: the learned parameter is ``log2 s``, rounded in the
 forward pass with a straight-through gradient, so an LSQ network stays a fixed-point network
-(``l = round(log2 s)``) that exports to integers like FAQ's.
+(``l = round(log2 s)``) that exports to integers like FAQ's. Every forward value is exact
+then: ``s`` is built with ``ldexp`` (XLA's ``exp2`` is not exact) and the gradient scale
+adds an exact zero, so ``v / s`` and ``codes * s`` are the fixed-point arithmetic.
+
+Where the learned step lives: a parameter of the layer (``params``, trained with everything
+else, never weight-decayed), named by :func:`param_name`: ``step`` / ``log2_step`` on an
+activation quantizer, ``weight_step`` / ``weight_log2_step`` beside a conv/dense kernel.
 """
 
 from __future__ import annotations
@@ -37,14 +43,19 @@ def code_range(bits: int, signed: bool) -> tuple[int, int]:
     return 0, 2**bits - 1
 
 
+def _round_clip(x: jax.Array, q_n: int, q_p: int) -> jax.Array:
+    """The codes ``round(clip(x, -Q_N, Q_P))``, rounding half up (in x's float dtype)."""
+    return jnp.floor(jnp.clip(x, -q_n, q_p) + 0.5)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _lsq(v: jax.Array, s: jax.Array, q_n: int, q_p: int) -> jax.Array:
-    return jnp.floor(jnp.clip(v / s, -q_n, q_p) + 0.5) * s
+    return _round_clip(v / s, q_n, q_p) * s
 
 
 def _lsq_fwd(v, s, q_n, q_p):
     x = v / s
-    r = jnp.floor(jnp.clip(x, -q_n, q_p) + 0.5)
+    r = _round_clip(x, q_n, q_p)
     return r * s, (x, r, s)
 
 
@@ -61,8 +72,10 @@ _lsq.defvjp(_lsq_fwd, _lsq_bwd)
 
 
 def scale_grad(x: jax.Array, scale: float) -> jax.Array:
-    """``x`` in the forward pass; its gradient multiplied by ``scale`` in the backward."""
-    return jax.lax.stop_gradient(x - x * scale) + x * scale
+    """``x`` in the forward pass (exactly: ``x + (y - y)``); its gradient multiplied by
+    ``scale`` in the backward."""
+    y = x * scale
+    return jax.lax.stop_gradient(x) + (y - jax.lax.stop_gradient(y))
 
 
 def grad_scale(bits: int, signed: bool, num_elements: int) -> float:
@@ -80,14 +93,59 @@ def quantize(v: jax.Array, s: jax.Array, *, bits: int, signed: bool,
     return _lsq(v, s, q_n, q_p)
 
 
+def codes(v: jax.Array, s: jax.Array, *, bits: int, signed: bool) -> jax.Array:
+    """The integer codes of ``v̂ = s · codes`` (int32): what an integer network stores."""
+    q_n, q_p = code_range(bits, signed)
+    v = jnp.asarray(v)
+    return _round_clip(v / jnp.asarray(s, v.dtype), q_n, q_p).astype(jnp.int32)
+
+
 def init_step(v: jax.Array, bits: int, signed: bool) -> jax.Array:
     """The paper's initial step ``2 <|v|> / sqrt(Q_P)`` (weights: the initial weights;
-    activations: the first batch)."""
-    return 2.0 * jnp.mean(jnp.abs(v)) / math.sqrt(code_range(bits, signed)[1])
+    activations: the first batch), in float32. An all-zero ``v`` gives the smallest normal
+    float32 instead of 0 (a step of 0 would divide by zero)."""
+    s = 2.0 * jnp.mean(jnp.abs(jnp.asarray(v, jnp.float32))) / math.sqrt(
+        code_range(bits, signed)[1])
+    return jnp.maximum(s, jnp.finfo(jnp.float32).tiny)
 
 
 def pow2_step(log2_s: jax.Array) -> jax.Array:
-    """``2^round(log2_s)`` forward; the gradient of ``2^log2_s`` backward (straight-through
-    for the rounding), so the learned step stays a power of two."""
-    rounded = log2_s + jax.lax.stop_gradient(jnp.floor(log2_s + 0.5) - log2_s)
-    return jnp.exp2(rounded)
+    """``2^round(log2_s)`` forward (exact: ``ldexp``); the gradient of ``2^t`` at the rounded
+    ``t`` backward (straight-through for the rounding), so the learned step stays a power of
+    two."""
+    log2_s = jnp.asarray(log2_s)
+    k = jax.lax.stop_gradient(jnp.floor(log2_s + 0.5))
+    exact = jnp.ldexp(jnp.ones((), log2_s.dtype), k.astype(jnp.int32))
+    smooth = jnp.exp2(log2_s + jax.lax.stop_gradient(k - log2_s))  # carries the gradient
+    return jax.lax.stop_gradient(exact) + (smooth - jax.lax.stop_gradient(smooth))
+
+
+STEP, LOG2_STEP = "step", "log2_step"  # an activation quantizer's learned parameter
+WEIGHT = "weight_"  # prefix of a conv/dense layer's: weight_step, weight_log2_step
+
+
+def param_name(*, weight: bool, pow2: bool) -> str:
+    """The name of an LSQ quantizer's learned parameter (``log2 s`` with ``pow2``, else s)."""
+    return (WEIGHT if weight else "") + (LOG2_STEP if pow2 else STEP)
+
+
+def is_step_param(name: str) -> bool:
+    """Whether a parameter called ``name`` is an LSQ step (no weight decay on it)."""
+    return name in (STEP, LOG2_STEP, WEIGHT + STEP, WEIGHT + LOG2_STEP)
+
+
+def to_param(s: jax.Array, pow2: bool) -> jax.Array:
+    """The parameter that stores step ``s``: ``log2 s`` (pow2) or ``s``, float32."""
+    s = jnp.asarray(s, jnp.float32)
+    return jnp.log2(s) if pow2 else s
+
+
+def step_of(param: jax.Array, pow2: bool) -> jax.Array:
+    """The step the forward pass uses: :func:`pow2_step` of ``log2 s`` (pow2), or ``s``."""
+    return pow2_step(param) if pow2 else param
+
+
+def pow2_exponent(s: float) -> int | None:
+    """``l`` with ``s == 2^l`` exactly, or None when ``s`` is not a power of two."""
+    mantissa, exponent = math.frexp(float(s))
+    return exponent - 1 if mantissa == 0.5 else None

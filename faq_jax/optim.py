@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from faq_jax import keypaths, lsq
+
 if TYPE_CHECKING:  # configs are read by attribute only: the core runs without ml_collections
     import ml_collections
 
@@ -133,14 +135,34 @@ def lr_schedule(optim: ml_collections.ConfigDict, batches: BatchSchedule) -> opt
     return schedule
 
 
+def coupled_weight_decay(rate: float) -> optax.GradientTransformation:
+    """``g + rate * p`` for every parameter but LSQ's learned step sizes
+    (``lsq.is_step_param``): they scale the quantizer, and decay would shrink every step.
+
+    Arithmetic and (empty) state are ``optax.add_decayed_weights``'s, so a network without
+    LSQ steps trains, and checkpoints, exactly as with it.
+    """
+
+    def update(updates, state, params):
+        if params is None:
+            raise ValueError("coupled weight decay needs the parameters")
+        updates = jax.tree_util.tree_map_with_path(
+            lambda path, g, p: g if lsq.is_step_param(keypaths.key_name(path[-1]))
+            else g + rate * p, updates, params)
+        return updates, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(optim: ml_collections.ConfigDict, batches: BatchSchedule,
                    ) -> optax.GradientTransformation:
     """SGD, momentum 0.9, weight decay added to the gradient (torch's coupled decay).
 
-    Decay applies to every parameter, BN and biases included, as torch.optim.SGD does.
+    Decay applies to every parameter, BN and biases included, as torch.optim.SGD does,
+    except LSQ's learned step sizes (:func:`coupled_weight_decay`).
     """
     return optax.chain(
-        optax.add_decayed_weights(optim.weight_decay) if optim.weight_decay else
+        coupled_weight_decay(optim.weight_decay) if optim.weight_decay else
         optax.identity(),
         optax.sgd(lr_schedule(optim, batches), momentum=optim.momentum or None,
                   nesterov=bool(optim.nesterov)),

@@ -18,6 +18,12 @@ exactly that; W8A8, W4A8, W2A2 or any mix is the same data with other numbers.
 A policy also owns the weight quantizer's recipe (:meth:`Policy.weight_grid`,
 :meth:`Policy.quantize_weight`): the layers, the gradient-noise measure and the exporter all
 quantize a kernel through it. :func:`from_config` builds the policy a run's config describes.
+
+Which method sets the step sizes is policy data too (``method``, per layer through the rules
+like the widths): ``"faq"`` (FAQ: weights' l from k·σ every step, activations' l calibrated
+once and frozen) or ``"lsq"`` (:mod:`faq_jax.lsq`: every step learned, starting from the
+weights and one batch). Widths, the 8-bit first/last layers, BatchNorm constants, biases and
+the input quantizer are the same for both.
 """
 
 from __future__ import annotations
@@ -29,18 +35,27 @@ from typing import Any
 
 import jax
 
-from faq_jax import quant
+from faq_jax import lsq, quant
 
 ROLES = ("first", "last", "last_act", "classifier_input")
+METHODS = ("faq", "lsq")  # how a quantizer's step is set: FAQ's rules, or LSQ's learned step
+
+
+def _check_method(method: str, what: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"{what}={method!r}: the quantization method must be one of {METHODS}")
+    return method
 
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-    """Overrides the widths of the layers that ``match`` names (None keeps the width)."""
+    """Overrides the widths (and the method) of the layers that ``match`` names (None keeps
+    the policy's)."""
 
     match: str
     w_bits: int | None = None
     a_bits: int | None = None
+    method: str | None = None  # "faq" | "lsq" for the matched weights and activations
 
     def __post_init__(self):
         if not isinstance(self.match, str) or not self.match:
@@ -52,6 +67,8 @@ class Rule:
             quant.check_bits(self.w_bits, f"w_bits of rule {self.match!r}")
         if self.a_bits is not None:
             quant.check_bits(self.a_bits, f"a_bits of rule {self.match!r}")
+        if self.method is not None:
+            _check_method(self.method, f"method of rule {self.match!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +92,8 @@ class Policy:
     percentile_8bit: float = 99.99  # calibration percentile for >= maxabs_bits activations
     percentile_lowbit: float = 99.9  # ... and below 8 bits
     roles: tuple[tuple[str, str], ...] = ()  # (role, "|"-separated paths/globs), from the model
+    method: str = "faq"  # "faq" | "lsq": how steps are set (rules may override per layer)
+    lsq_pow2: bool = False  # LSQ: learn log2 s, power-of-two steps (an integer network)
 
     def __post_init__(self):
         for name in ("w_bits", "a_bits", "bn_scale_bits", "bn_shift_bits", "bias_bits",
@@ -90,6 +109,9 @@ class Policy:
             v = getattr(self, name)
             if not 0 < v <= 100:
                 raise ValueError(f"{name} must lie in (0, 100], got {v!r}")
+        _check_method(self.method, "method")
+        if not isinstance(self.lsq_pow2, bool):
+            raise ValueError(f"lsq_pow2 must be True or False, got {self.lsq_pow2!r}")
         rules = tuple(r if isinstance(r, Rule) else Rule(*r) for r in self.rules)
         object.__setattr__(self, "rules", rules)
 
@@ -125,6 +147,32 @@ class Policy:
                 bits = rule.a_bits
         return bits
 
+    def method_of(self, path: str) -> str:
+        """The method ("faq" or "lsq") of the weight or activation quantizer at ``path``."""
+        method = self.method
+        for rule in self.rules:
+            if rule.method is not None and self._matches(rule, path):
+                method = rule.method
+        return method
+
+    def uses_lsq(self) -> bool:
+        """Whether any quantizer may be LSQ's (the policy's method, or a rule's)."""
+        return self.method == "lsq" or any(r.method == "lsq" for r in self.rules)
+
+    def weight_step_param(self, path: str) -> str | None:
+        """Name of the learned LSQ step beside the kernel of the conv/dense at ``path`` (in
+        ``params``), or None where FAQ sets the step."""
+        if self.method_of(path) != "lsq":
+            return None
+        return lsq.param_name(weight=True, pow2=self.lsq_pow2)
+
+    def act_step_param(self, path: str) -> str | None:
+        """Name of the learned LSQ step of the activation quantizer at ``path`` (in
+        ``params``), or None where FAQ's calibrated l (``quant`` collection) sets it."""
+        if self.method_of(path) != "lsq":
+            return None
+        return lsq.param_name(weight=False, pow2=self.lsq_pow2)
+
     def clip_std(self, bits: int) -> float | None:
         """k of the weight rule for ``bits``, or None for the max-abs rule."""
         return None if bits >= self.maxabs_bits else self.weight_clip_std
@@ -135,9 +183,17 @@ class Policy:
         bits = self.weight_bits(path)
         return bits, quant.weight_lsb(w, bits=bits, clip_std=self.clip_std(bits))
 
-    def quantize_weight(self, path: str, w: jax.Array) -> jax.Array:
-        """Q_{b,l}(w) of the conv/dense kernel at ``path`` (:meth:`weight_grid`), as the
-        forward pass uses it."""
+    def quantize_weight(self, path: str, w: jax.Array, step: jax.Array | None = None,
+                        ) -> jax.Array:
+        """The quantized kernel ``w`` of the conv/dense at ``path``, as the forward pass uses
+        it: FAQ's Q_{b,l}(w) at :meth:`weight_grid`'s (b, l), or, for an LSQ layer, LSQ's
+        quantizer with the learned ``step`` parameter (:meth:`weight_step_param`'s value)."""
+        if self.method_of(path) == "lsq":
+            if step is None:
+                raise ValueError(f"{path}: an LSQ weight quantizer needs its learned step "
+                                 f"(parameter {self.weight_step_param(path)!r})")
+            return lsq.quantize(w, lsq.step_of(step, self.lsq_pow2),
+                                bits=self.weight_bits(path), signed=True)
         bits, lsb = self.weight_grid(path, w)
         return quant.fixed_point(w, bits=bits, lsb=lsb, signed=True)
 
@@ -151,15 +207,16 @@ class Policy:
         weight_paths, act_paths = list(weight_paths), list(act_paths)
         for rule in self.rules:
             paths = []
-            if rule.w_bits is not None:
+            if rule.w_bits is not None or rule.method is not None:
                 paths += weight_paths
-            if rule.a_bits is not None:
+            if rule.a_bits is not None or rule.method is not None:
                 paths += act_paths
             if rule.match.startswith("@") and rule.match[1:] not in dict(self.roles):
                 raise ValueError(f"policy rule {rule.match!r}: this model has no such role "
                                  f"(it names {sorted(dict(self.roles))})")
             if not any(self._matches(rule, p) for p in paths):
-                kind = "weight" if rule.a_bits is None else "activation" if rule.w_bits is None \
+                kind = "weight or activation" if rule.method is not None else "weight" \
+                    if rule.a_bits is None else "activation" if rule.w_bits is None \
                     else "weight or activation"
                 raise ValueError(
                     f"policy rule {rule.match!r} matches no {kind} quantizer of the model; "
@@ -183,7 +240,9 @@ def from_config(quant_config: Any, calib_config: Any) -> Policy | None:
 
     Reads the fields by attribute (any ConfigDict-like object). ``quant.paper_rules`` adds
     :func:`paper_policy`'s 8-bit first/last layers below 8 bits; ``quant.rules`` are
-    (match, w_bits, a_bits) triples appended after them. Raises ValueError on bad values.
+    (match, w_bits, a_bits[, method]) tuples appended after them. ``quant.method`` and
+    ``quant.lsq_pow2`` may be absent (configs written before LSQ): FAQ. Raises ValueError on
+    bad values.
     """
     q, c = quant_config, calib_config
     if not q.enabled:
@@ -195,6 +254,7 @@ def from_config(quant_config: Any, calib_config: Any) -> Policy | None:
         bn_shift_bits=q.bn_shift_bits, bn_shift_lsb=q.bn_shift_lsb, bias_bits=q.bias_bits,
         bias_lsb=q.bias_lsb, input_bits=q.input_bits, input_lsb=q.input_lsb,
         percentile_8bit=c.percentile_8bit, percentile_lowbit=c.percentile_lowbit,
+        method=getattr(q, "method", "faq"), lsq_pow2=bool(getattr(q, "lsq_pow2", False)),
     )
     if q.paper_rules:
         return paper_policy(q.w_bits, q.a_bits, **kwargs)

@@ -31,7 +31,8 @@ class TrainState:
     step: jax.Array  # optimizer updates done
     params: Any
     batch_stats: Any
-    quant: Any  # frozen activation l's (empty for a float network)
+    quant: Any  # FAQ's frozen activation l's (empty for a float or an all-LSQ network;
+    #             LSQ's learned steps are params)
     opt_state: Any
     rng: jax.Array  # dropout key, folded with the step
 

@@ -22,6 +22,7 @@ from faq_jax import (
     converted,
     keypaths,
     layers,
+    lsq,
     models,
     sharding,
     trainer,
@@ -52,9 +53,22 @@ def _initial_variables(config: ml_collections.ConfigDict, float_model, quant_mod
         variables = jax.jit((quant_model or float_model).init)(key, x)
     variables = dict(jax.device_get(variables))
     if quant_model is not None and "quant" not in variables:
-        variables["quant"] = jax.device_get(
-            jax.jit(lambda k: quant_model.init(k, x).get("quant", {}))(key))
+        # The quantizers' own state: FAQ's l's, and LSQ's step parameters (placeholders
+        # until the calibrate stage starts them from these weights and a batch).
+        quant, steps = jax.device_get(jax.jit(lambda k: _quantizer_state(
+            quant_model.init(k, x)))(key))
+        variables["quant"] = quant
+        if steps:
+            variables["params"] = keypaths.unflatten({**keypaths.flatten(variables["params"]),
+                                                      **steps})
     return variables
+
+
+def _quantizer_state(variables: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the ``quant`` collection, ``{path: value}`` of the LSQ step parameters)."""
+    steps = {p: v for p, v in keypaths.flatten(variables["params"]).items()
+             if lsq.is_step_param(p.rsplit(keypaths.SEP, 1)[-1])}
+    return variables.get("quant", {}), steps
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -99,10 +113,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         trainer.Evaluator(quant_model, config, mesh, writer)
     if quant_model is not None and not resumed_finetune and \
             stages & {"calibrate", "eval_quant", "finetune"}:
-        variables["quant"] = _calibrated_quant(config, stages, summary, quant_model, variables,
-                                               mesh)
+        variables = _calibrated(config, stages, summary, quant_model, variables, mesh)
         if config.calib.enabled:
             summary["calibrated_lsb"] = _flat_lsbs(variables["quant"])
+        if quant_model.policy.uses_lsq():
+            summary["lsq_init_steps"] = {p: float(v) for p, v in
+                                         _quantizer_state(variables)[1].items()}
         if "eval_quant" in stages and "quant_before" not in summary:
             summary["quant_before"] = quant_eval(variables, 0, "quant_before")
         workdir_lib.write_summary(workdir, summary)
@@ -124,23 +140,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return {**summary, "variables": variables}
 
 
-def _calibrated_quant(config: ml_collections.ConfigDict, stages: set[str],
-                      summary: dict[str, Any], quant_model, variables: dict[str, Any],
-                      mesh: jax.sharding.Mesh) -> dict[str, Any]:
-    """The activation l's every quantized stage uses (FAQ section 3).
+def _calibrated(config: ml_collections.ConfigDict, stages: set[str],
+                summary: dict[str, Any], quant_model, variables: dict[str, Any],
+                mesh: jax.sharding.Mesh) -> dict[str, Any]:
+    """``variables`` with the quantizer state every quantized stage starts from: FAQ's
+    activation l's (FAQ section 3) and LSQ's initial steps (``calibrate.initialize``).
 
     With ``calib.enabled`` a quantized network never runs on the uncalibrated defaults: the
-    ``calibrate`` stage calibrates; without it, the l's an earlier run of this workdir
-    calibrated are reused, and if there are none, calibration runs anyway (with a warning
-    saying so). ``calib.enabled=False`` keeps the defaults, FAQ's no-calibration control.
+    ``calibrate`` stage calibrates (FAQ: percentiles of ``calib.num_batches`` batches; LSQ:
+    activation steps from the first of them, weight steps from the weights); without it, the
+    values an earlier run of this workdir calibrated are reused, and if there are none,
+    calibration runs anyway (with a warning saying so). ``calib.enabled=False`` keeps the
+    activations' defaults, FAQ's no-calibration control (LSQ's weight steps still start from
+    the weights).
     """
-    quant = variables["quant"]
     if not config.calib.enabled:
-        return quant
+        return calibrate_lib.initialize(quant_model, variables, None)
     if "calibrate" not in stages:
         if "calibrated_lsb" in summary:
             logging.info("using the activation l's calibrated by an earlier run of this workdir")
-            return _unflat_lsbs(summary["calibrated_lsb"], quant)
+            variables = {**variables,
+                         "quant": _unflat_lsbs(summary["calibrated_lsb"], variables["quant"])}
+            if quant_model.policy.uses_lsq():
+                variables["params"] = _restored_steps(summary, variables["params"])
+            return variables
         logging.warning("config.stages=%r has no 'calibrate' and this workdir holds no "
                         "calibrated l's: calibrating now (config.calib.enabled=True). Set "
                         "config.calib.enabled=False for the uncalibrated control.",
@@ -150,9 +173,22 @@ def _calibrated_quant(config: ml_collections.ConfigDict, stages: set[str],
         config, local_batch_size=local, num_batches=config.calib.num_batches,
         process_index=jax.process_index(), process_count=jax.process_count())
     bsh = sharding.batch_sharding(mesh)
-    return jax.device_get(calibrate_lib.calibrate(
-        quant_model, sharding.replicate(variables, mesh),
-        (sharding.to_global(b, bsh)["image"] for b in batches)))
+    out = calibrate_lib.initialize(quant_model, sharding.replicate(variables, mesh),
+                                   (sharding.to_global(b, bsh)["image"] for b in batches))
+    learned = ("quant", "params") if quant_model.policy.uses_lsq() else ("quant",)
+    return {**variables, **jax.device_get({k: out[k] for k in learned})}
+
+
+def _restored_steps(summary: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with the LSQ steps an earlier run of this workdir started from."""
+    flat, saved = keypaths.flatten(params), summary.get("lsq_init_steps", {})
+    current = [p for p in flat if lsq.is_step_param(p.rsplit(keypaths.SEP, 1)[-1])]
+    if sorted(current) != sorted(saved):
+        raise ValueError("the LSQ steps in summary.json do not fit this network's quantizers "
+                         f"(missing {sorted(set(current) - set(saved))[:3]}); use a new "
+                         "--workdir")
+    return keypaths.unflatten({**flat, **{p: np.asarray(saved[p], np.asarray(flat[p]).dtype)
+                                          for p in current}})
 
 
 def _unflat_lsbs(flat: dict[str, float], like: dict[str, Any]) -> dict[str, Any]:

@@ -93,7 +93,10 @@ def check_experiment(workdir: str, experiment: dict[str, Any]) -> None:
             raise CheckpointError(f"{path} is corrupt ({e}); it identifies the experiment "
                                   "whose checkpoints live in this workdir. Restore it or "
                                   "use a new --workdir.") from e
-        diff = {k: (old.get(k), v) for k, v in experiment.items() if old.get(k) != v}
+        # Both ways: a key only one side records (an LSQ run's method) differs too.
+        keys = [*experiment, *(k for k in old if k not in experiment)]
+        diff = {k: (old.get(k), experiment.get(k)) for k in keys
+                if old.get(k) != experiment.get(k)}
         if diff:
             details = "; ".join(f"{k}: workdir has {a!r}, config has {b!r}"
                                 for k, (a, b) in diff.items())

@@ -138,3 +138,26 @@ def test_zero_norm_neurons_count_as_cosine_zero_in_both_measures():
     assert sim["mean"] == pytest.approx(1 / 3) and sim["zero_norm_neurons"] == 2
     flat = analysis.column_cosines(jnp.zeros((4, 1)), jnp.ones((4, 1)), jnp)
     assert float(flat[0]) == 0.0
+
+
+def test_weight_similarity_and_grad_noise_leave_lsq_steps_out():
+    """Fig. 2's cosine compares kernels only; LSQ's steps (in params) are not weights. The
+    gradient-noise measure quantizes an LSQ kernel with its learned step."""
+    from faq_jax import lsq  # noqa: PLC0415
+
+    k = np.random.default_rng(0).normal(size=(3, 3, 2, 4)).astype(np.float32)
+    before = {"conv": {"kernel": k, "weight_log2_step": np.float32(-3.0)},
+              "act": {"log2_step": np.float32(-2.0)}}
+    after = {"conv": {"kernel": k, "weight_log2_step": np.float32(-1.0)},
+             "act": {"log2_step": np.float32(5.0)}}
+    sim = analysis.weight_similarity(before, after)
+    assert sim["mean"] == pytest.approx(1.0) and list(sim["per_layer"]) == ["conv"]
+    pol = policy.Policy(w_bits=4, a_bits=4, method="lsq", lsq_pow2=True)
+    gn = analysis.GradNoise(pol)
+    np.testing.assert_array_equal(gn.quantize("conv", jnp.asarray(k), before),
+                                  lsq.quantize(jnp.asarray(k), 0.125, bits=4, signed=True))
+    state = gn.init(before)
+    assert list(state) == ["conv"]
+    moved = {**after, "conv": {**after["conv"], "kernel": k * 1.1}}
+    _, cos = gn.update(state, before, moved)
+    assert set(cos) == {"conv"} and np.isfinite(float(cos["conv"]))

@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from faq_jax import export, layers, models
+from faq_jax import export, keypaths, layers, models
 from faq_jax import policy as policy_lib
 from faq_jax.export import cli as export_cli
 from faq_jax.export import executor
-from faq_jax.models import densenet, inception, resnet, vgg
+from faq_jax.models import densenet, inception, resnet, resnet_cifar, vgg
 
 
 class MiniInception(nn.Module):
@@ -263,3 +263,55 @@ def test_pool_arguments_read_the_same_however_spelled(tmp_path):
     net, *_ = _roundtrip_and_compare(model, (12, 12, 3), tmp_path)
     pools = [n for n in net.nodes if n["op"] in ("avg_pool", "max_pool")]
     assert [n["args"] for n in pools if n["op"] == "avg_pool"] == [[3, 1, 1, False]] * 2
+
+
+LSQ_POW2 = policy_lib.paper_policy(4, 4, method="lsq", lsq_pow2=True)
+
+
+def _tiny_resnet(policy: policy_lib.Policy) -> tuple[nn.Module, tuple[int, int, int]]:
+    """Two one-block stages (option-B shortcut: a 1x1 conv + BN), width 4, 8x8 input."""
+    m = resnet_cifar.ResNetCifar(stage_sizes=(1, 1), width=4, num_classes=3, shortcut="B",
+                                 classifier="fc")
+    return m.clone(policy=policy.with_roles(m.roles())), (8, 8, 3)
+
+
+def test_lsq_power_of_two_network_is_bit_exact(tmp_path):
+    """An LSQ network with power-of-two steps is a fixed-point network: l = log2 s, weight
+    codes over LSQ's whole signed range (down to -2^(b-1))."""
+    model, shape = _tiny_resnet(LSQ_POW2)
+    variables = export.random_variables(model, shape)
+    assert "quant" not in variables or not variables["quant"]  # every step is in params
+    params = jax.tree.map(lambda a: a, variables["params"])
+    k = np.array(params["layer1_0"]["conv1"]["kernel"])
+    k[0, 0, 0, 0] = -100.0  # clipped to the most negative code, -8
+    params["layer1_0"]["conv1"]["kernel"] = jnp.asarray(k)
+    variables = {**variables, "params": params}
+    net = export.export(model, variables, input_shape=shape)
+    export.save(net, str(tmp_path / "net.npz"))
+    net = export.load(str(tmp_path / "net.npz"))
+    node = next(n for n in net.nodes if n.get("path") == "layer1_0/conv1")
+    w = net.arrays[node["w"]]
+    assert w.min() == -8 and w.max() <= 7 and node["w_l"] == round(float(
+        params["layer1_0"]["conv1"]["weight_log2_step"]))
+    act = next(n for n in net.nodes if n.get("path") == "layer1_0/act1")
+    assert act["l"] == round(float(params["layer1_0"]["act1"]["log2_step"]))
+    x = np.asarray(jax.random.normal(jax.random.key(7), (8, *shape)))
+    codes = executor.input_codes(net, x)
+    q, lsb = executor.run(net, codes, trace=_check_integer)
+    ref = _simulate_f64(model, variables, codes, net.nodes[0]["l"])
+    np.testing.assert_array_equal(np.ldexp(q.astype(np.float64), lsb), ref)
+
+
+def test_lsq_steps_that_are_not_powers_of_two_are_refused_naming_the_layer():
+    pol = policy_lib.paper_policy(4, 4, method="lsq", lsq_pow2=False)
+    model, shape = _tiny_resnet(pol)
+    variables = export.random_variables(model, shape)
+    with pytest.raises(export.ExportError, match=r"conv1: its learned LSQ weight step .* not "
+                       r"a power of two.*lsq_pow2=True"):
+        export.export(model, variables, input_shape=shape)
+    # Weight steps that happen to be powers of two pass; the first activation's does not.
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, a: jnp.asarray(0.125, a.dtype) if keypaths.key_name(p[-1]) == "weight_step"
+        else a, variables["params"])
+    with pytest.raises(export.ExportError, match=r"^act: its learned LSQ activation step"):
+        export.export(model, {**variables, "params": params}, input_shape=shape)

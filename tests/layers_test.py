@@ -181,3 +181,54 @@ def test_batch_norm_train_as_a_field_or_an_argument():
         layers.BatchNorm(train=True).apply(v, x, train=True)
     with pytest.raises(ValueError):
         layers.BatchNorm().apply(v, x)
+
+
+LSQ = policy_lib.Policy(w_bits=4, a_bits=4, method="lsq")
+
+
+@pytest.mark.parametrize("pow2", [False, True])
+def test_lsq_weight_step_is_a_param_started_from_the_kernel(pow2):
+    from faq_jax import lsq  # noqa: PLC0415
+
+    pol = policy_lib.Policy(w_bits=4, a_bits=4, method="lsq", lsq_pow2=pow2)
+    conv = layers.Conv(4, (3, 3), padding=((1, 1), (1, 1)), policy=pol)
+    v = conv.init(KEY, X)
+    name = "weight_log2_step" if pow2 else "weight_step"
+    assert sorted(v) == ["params"] and sorted(v["params"]) == ["kernel", name]
+    k = v["params"]["kernel"]
+    s0 = lsq.init_step(k, 4, True)
+    np.testing.assert_allclose(v["params"][name], np.log2(s0) if pow2 else s0, rtol=1e-6)
+    s = lsq.step_of(v["params"][name], pow2)
+    ref = layers.Conv(4, (3, 3), padding=((1, 1), (1, 1))).apply(
+        {"params": {"kernel": lsq.quantize(k, s, bits=4, signed=True)}}, X)
+    np.testing.assert_allclose(conv.apply(v, X), ref, rtol=1e-6, atol=1e-6)
+    g = jax.grad(lambda p: jnp.sum(conv.apply({"params": p}, X) ** 2))(v["params"])
+    assert float(jnp.abs(g[name])) > 0 and float(jnp.abs(g["kernel"]).sum()) > 0
+
+
+def test_lsq_act_quant_learns_its_step_and_sows_the_first_batch_start():
+    from faq_jax import lsq  # noqa: PLC0415
+
+    act = layers.ActQuant(policy=LSQ)
+    v = act.init(KEY, X)
+    # In params (learned), not in the quant collection; uncalibrated start: FAQ's 2^-2.
+    assert jax.tree.map(float, v) == {"params": {"step": 0.25}}
+    np.testing.assert_array_equal(
+        act.apply(v, X * 3), lsq.quantize(jax.nn.relu(X * 3), 0.25, bits=4, signed=False))
+    y, sown = act.apply(v, X * 3, mutable=["calib"])  # calibration pass: float, sows s0
+    np.testing.assert_array_equal(y, jax.nn.relu(X * 3))
+    assert float(sown["calib"]["step"][0]) == pytest.approx(
+        2 * float(jnp.mean(jax.nn.relu(X * 3))) / np.sqrt(15), rel=1e-6)
+    g = jax.grad(lambda p: jnp.sum(act.apply({"params": p}, X * 3)))(v["params"])
+    assert float(g["step"]) != 0.0
+
+
+def test_bn_bias_and_input_follow_the_same_policy_under_lsq():
+    """LSQ changes how weight and activation steps are set, nothing else."""
+    pol = policy_lib.Policy(w_bits=4, a_bits=4, method="lsq")
+    v = layers.BatchNorm(policy=pol).init(KEY, X, train=False)
+    np.testing.assert_array_equal(layers.BatchNorm(policy=pol).apply(v, X, train=False),
+                                  layers.BatchNorm(policy=policy_lib.Policy()).apply(
+                                      v, X, train=False))
+    np.testing.assert_array_equal(layers.InputQuant(policy=pol).apply({}, X * 3),
+                                  quant.fixed_point(X * 3, bits=8, lsb=-5, signed=True))

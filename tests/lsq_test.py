@@ -63,3 +63,29 @@ def test_power_of_two_step_rounds_forward_and_passes_the_gradient_straight_throu
     out = lsq.quantize(jnp.array([0.3, 0.7, -0.9]), lsq.pow2_step(theta), bits=4, signed=True)
     codes = np.asarray(out) / 0.25
     np.testing.assert_array_equal(codes, np.round(codes))
+
+
+def test_power_of_two_forward_is_exact_fixed_point():
+    """With s = 2^l the quantizer is Q_{b,l} on LSQ's range: the gradient scale adds an exact
+    zero and the step is built with ldexp, so every value is codes * 2^l bit for bit."""
+    v = jnp.asarray(np.random.default_rng(1).normal(size=1000) * 3, jnp.float32)
+    for theta in (-7.3, -2.5001, 0.2, 3.49):
+        s = lsq.pow2_step(jnp.asarray(theta, jnp.float32))
+        k = int(np.floor(theta + 0.5))
+        assert float(s) == 2.0**k
+        out = lsq.quantize(v, s, bits=3, signed=True, num_elements=7)
+        codes = np.clip(np.floor(np.asarray(v, np.float64) * 2.0**-k + 0.5), -4, 3)
+        np.testing.assert_array_equal(np.asarray(out, np.float64), np.ldexp(codes, k))
+        np.testing.assert_array_equal(lsq.codes(v, s, bits=3, signed=True), codes)
+    assert float(lsq.scale_grad(jnp.float32(0.1), 1 / 3.0)) == np.float32(0.1)
+
+
+def test_step_parameter_names_and_encoding():
+    assert lsq.param_name(weight=True, pow2=True) == "weight_log2_step"
+    assert lsq.param_name(weight=False, pow2=False) == "step"
+    assert all(lsq.is_step_param(n) for n in ("step", "log2_step", "weight_step",
+                                             "weight_log2_step"))
+    assert not lsq.is_step_param("kernel") and not lsq.is_step_param("scale")
+    assert float(lsq.step_of(lsq.to_param(0.25, True), True)) == 0.25
+    assert lsq.pow2_exponent(0.125) == -3 and lsq.pow2_exponent(0.3) is None
+    assert float(lsq.init_step(jnp.zeros(5), 4, False)) > 0  # never a zero step

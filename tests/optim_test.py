@@ -107,3 +107,26 @@ def test_per_step_anneal_and_cosine_reach_their_final_lr_whatever_the_epochs():
         lr = optim.lr_schedule(c.optim, b)
         assert [float(lr(t)) for t in (0, T // 2, T)] == pytest.approx([0.01, 0.005, 0.0],
                                                                      abs=1e-9)
+
+
+def test_weight_decay_spares_lsq_steps_and_is_optax_elsewhere():
+    """LSQ's learned steps get no weight decay; every other parameter gets optax's coupled
+    decay, value and (empty) state alike, so FAQ networks train and checkpoint unchanged."""
+    import jax  # noqa: PLC0415
+    import jax.numpy as jnp  # noqa: PLC0415
+    import optax  # noqa: PLC0415
+
+    p = {"conv": {"kernel": jnp.asarray([1.0, -2.0]), "weight_log2_step": jnp.asarray(-3.0)},
+         "act": {"step": jnp.asarray(0.5)}, "act2": {"log2_step": jnp.asarray(-1.0)},
+         "fc": {"weight_step": jnp.asarray(0.1), "bias": jnp.asarray([0.3])}}
+    g = jax.tree.map(jnp.ones_like, p)
+    upd, state = optim.coupled_weight_decay(0.01).update(g, optim.coupled_weight_decay(
+        0.01).init(p), p)
+    ref, ref_state = optax.add_decayed_weights(0.01).update(g, optax.EmptyState(), p)
+    for path in ("conv/kernel", "fc/bias"):
+        a, b = path.split("/")
+        np.testing.assert_array_equal(upd[a][b], ref[a][b])
+    for a, b in (("conv", "weight_log2_step"), ("act", "step"), ("act2", "log2_step"),
+                 ("fc", "weight_step")):
+        np.testing.assert_array_equal(upd[a][b], g[a][b])  # gradient only
+    assert state == ref_state == optax.EmptyState()

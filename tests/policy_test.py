@@ -142,3 +142,53 @@ def test_from_config_builds_the_configured_policy():
     c.quant.enabled, c.quant.w_bits = True, 1
     with pytest.raises(ValueError, match="w_bits"):
         policy_lib.from_config(c.quant, c.calib)
+
+
+def test_method_switch_global_and_per_layer():
+    """quant.method picks how steps are set ("faq" | "lsq"), globally or per layer by rule;
+    widths and the 8-bit first/last layers are the same policy for both."""
+    p = policy_lib.paper_policy(4, 4, method="lsq", lsq_pow2=True).with_roles(ROLES)
+    assert p.method_of("layer1_0/conv1") == p.method_of("conv1") == "lsq"
+    assert (p.weight_bits("conv1"), p.weight_bits("layer1_0/conv1")) == (8, 4)
+    assert p.weight_step_param("conv1") == "weight_log2_step"
+    assert p.act_step_param("layer1_0/relu") == "log2_step"
+    faq = policy_lib.W4A4.with_roles(ROLES)
+    assert faq.weight_step_param("conv1") is None and not faq.uses_lsq()
+    mixed = Policy(w_bits=4, a_bits=4, rules=(Rule("layer4_*", method="lsq"),))
+    assert mixed.uses_lsq() and mixed.method_of("layer4_1/conv2") == "lsq"
+    assert mixed.method_of("layer3_1/conv2") == "faq"
+    assert mixed.act_step_param("layer4_1/relu") == "step"  # lsq_pow2=False: s itself
+    with pytest.raises(ValueError, match="method.*one of"):
+        Policy(method="pact")
+    with pytest.raises(ValueError, match="method of rule"):
+        Rule("conv1", method="LSQ")
+
+
+def test_lsq_weight_quantizer_uses_the_learned_step():
+    import jax  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
+    from faq_jax import lsq  # noqa: PLC0415
+
+    w = jax.random.normal(jax.random.key(0), (3, 3, 8, 16)) * 0.05
+    p = policy_lib.paper_policy(4, 4, method="lsq", lsq_pow2=True).with_roles(ROLES)
+    np.testing.assert_array_equal(p.quantize_weight("layer1_0/conv1", w, -5.2),
+                                  lsq.quantize(w, 2.0**-5, bits=4, signed=True))
+    with pytest.raises(ValueError, match="learned step"):
+        p.quantize_weight("layer1_0/conv1", w)
+
+
+def test_from_config_reads_the_method_and_defaults_to_faq():
+    import ml_collections  # noqa: PLC0415
+
+    from faq_jax.config import defaults  # noqa: PLC0415
+
+    c = defaults.get_base("resnet18", 4, 4)
+    assert policy_lib.from_config(c.quant, c.calib).method == "faq"
+    c.quant.method, c.quant.lsq_pow2 = "lsq", True
+    c.quant.rules = (("@first", None, None, "faq"),)
+    p = policy_lib.from_config(c.quant, c.calib)
+    assert (p.method, p.lsq_pow2, p.rules[-1]) == ("lsq", True, Rule("@first", method="faq"))
+    old = c.quant.to_dict()  # a config.json written before the switch existed
+    del old["method"], old["lsq_pow2"]
+    assert policy_lib.from_config(ml_collections.ConfigDict(old), c.calib).method == "faq"

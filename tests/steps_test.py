@@ -165,3 +165,27 @@ def test_cross_entropy_matches_torch_formula(label_smoothing):
     logp = jax.nn.log_softmax(logits)
     target = jax.nn.one_hot(labels, 3) * (1 - label_smoothing) + label_smoothing / 3
     np.testing.assert_allclose(got, -(target * logp).sum(-1), rtol=1e-6)
+
+
+def test_tiny_lsq_network_learns_its_weights_and_steps():
+    """LSQ (power-of-two steps) started by calibrate.initialize: the training loss on a fixed
+    batch drops within a few steps, and the learned steps move."""
+    pol = policy_lib.paper_policy(4, 4, method="lsq", lsq_pow2=True).with_roles(
+        {"first": "conv1", "last": "fc", "last_act": "act2", "classifier_input": "fc_input"})
+    model = TinyNet(policy=pol)
+    tx, variables, x, y = _setup(model, lr=0.2)
+    variables = calibrate.initialize(model, variables, [jnp.asarray(x[0])])
+    start = variables["params"]
+    state = steps.create_state(variables, tx, jax.random.key(1))
+    step = jax.jit(steps.make_train_step(model, tx))
+    batch = {"image": x[:1], "label": y[:1]}
+    losses = []
+    for _ in range(12):
+        state, m = step(state, batch)
+        losses.append(float(m["loss"]))
+    # Measured: 2.29 -> 1.77 (x0.77), falling at every step.
+    assert np.isfinite(losses).all() and losses[-1] < 0.85 * losses[0], losses
+    assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses
+    moved = [abs(float(state.params[k]["log2_step"]) - float(start[k]["log2_step"]))
+             for k in ("act1", "act2", "fc_input")]
+    assert max(moved) > 0, moved

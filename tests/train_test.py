@@ -179,3 +179,29 @@ def test_any_eval_batch_size_works_on_8_devices(tmp_path):
                                  str(tmp_path / "b"))["fp32"]
     assert a["count"] == b["count"] == 300
     assert a["top1"] == b["top1"] and a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_lsq_run_end_to_end(tmp_path):
+    """quant.method="lsq": the calibrate stage starts the steps (recorded in summary.json),
+    fine-tuning learns them, Fig. 2's cosine compares kernels only, the power-of-two network
+    exports, and an FAQ config cannot reuse the workdir."""
+    from faq_jax.export import cli as export_cli  # noqa: PLC0415
+
+    wd = tmp_path / "lsq"
+    c = _config(stages="calibrate,finetune", max_steps=2, **{"quant.method": "lsq",
+                                                              "quant.lsq_pow2": True})
+    result = train.train_and_evaluate(c, str(wd))
+    params = result["variables"]["params"]
+    assert "weight_log2_step" in params["conv1"] and "log2_step" in params["act"]
+    assert not result["variables"].get("quant")
+    summary = json.loads((wd / "summary.json").read_text())
+    assert summary["lsq_init_steps"]["act/log2_step"] == pytest.approx(
+        float(result["lsq_init_steps"]["act/log2_step"]))
+    assert "conv1/weight_log2_step" in summary["lsq_init_steps"]
+    assert set(summary["weight_cosine"]["per_layer"]) == {
+        p for p in summary["weight_cosine"]["per_layer"] if "step" not in p}
+    assert "conv1" in summary["weight_cosine"]["per_layer"]
+    export_cli.main(["--workdir", str(wd), "--out", str(tmp_path / "net.npz")])
+    with pytest.raises(workdir.CheckpointError, match="another experiment.*method"):
+        train.train_and_evaluate(_config(stages="calibrate"), str(wd))

@@ -46,3 +46,12 @@ def test_read_config_prefers_config_json_then_the_experiment(tmp_path):
     assert (older.arch, older.num_classes, older.quant.w_bits) == ("resnet20", 10, 4)
     workdir.write_config(str(tmp_path), c)
     assert workdir.read_config(str(tmp_path)).num_epochs == 3
+
+
+def test_experiment_guard_compares_keys_either_side_records(tmp_path):
+    """An LSQ run records its method; an FAQ config (which records none) is still refused."""
+    wd = str(tmp_path)
+    workdir.check_experiment(wd, {"arch": "resnet20", "method": "lsq"})
+    with pytest.raises(workdir.CheckpointError, match="method: workdir has 'lsq', config "
+                       "has None"):
+        workdir.check_experiment(wd, {"arch": "resnet20"})

@@ -155,12 +155,16 @@ def _exists(path: str) -> bool:
 def experiment_id(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """What makes two runs the same experiment (checked against the workdir)."""
     q = config.quant
-    return {
+    experiment = {
         "arch": config.arch, "num_classes": config.num_classes, "dataset": config.data.name,
         "quant": bool(q.enabled), "w_bits": q.w_bits if q.enabled else None,
         "a_bits": q.a_bits if q.enabled else None,
         "rules": [list(r) for r in q.rules] if q.enabled else [],
     }
+    policy = policy_lib.from_config(q, config.calib)
+    if policy is not None and policy.uses_lsq():  # FAQ runs keep their record unchanged
+        experiment.update(method=policy.method, lsq_pow2=policy.lsq_pow2)
+    return experiment
 
 
 def check_variables(variables: dict[str, Any], expected: dict[str, Any], source: str) -> None:

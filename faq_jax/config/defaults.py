@@ -80,7 +80,17 @@ def get_base(arch: str, w_bits: int, a_bits: int, *, num_epochs: int = 1,
         w_bits=w_bits,            # conv/dense weights, signed, per-tensor l every step
         a_bits=a_bits,            # ReLU outputs (unsigned), calibrated l
         paper_rules=True,         # below 8 bits: first/last weights, last ReLU, FC input 8-bit
-        rules=(),                 # extra (module-path glob or @role, w_bits|None, a_bits|None)
+        rules=(),                 # extra (module-path glob or @role, w_bits|None, a_bits|None
+        #                           [, "faq"|"lsq"]): widths and, optionally, method per layer
+        # How step sizes are set. "faq": by rule (weights: k*std every step; activations:
+        # calibrated once, frozen; l's in the `quant` collection). "lsq": learned (Esser et
+        # al., ICLR 2020; faq_jax/lsq.py): one step per quantizer in `params`, no weight decay,
+        # started by the calibrate stage (weights: 2<|w|>/sqrt(Q_P) of the weights fine-tuning
+        # starts from; activations: the same of the first calibration batch). Widths, 8-bit
+        # first/last layers, BN constants, biases and the input are the same for both.
+        method="faq",
+        lsq_pow2=False,           # lsq: learn log2(s), steps are powers of two -> the network
+        #                           stays fixed-point and exports to integers (faq_jax.export)
         weight_clip_std=4.12,     # k: clip weights at k*std below maxabs_bits (paper, 4-bit)
         maxabs_bits=8,            # >= this: Δ = max|w| / (2^(b-1) - 1)
         quantize_bn=True,         # BN folded: s 8-bit l=-4, t 32-bit l=-16

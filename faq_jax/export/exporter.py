@@ -12,6 +12,11 @@ Every constant is computed by the functions the simulated network uses
 (``Policy.weight_grid``, ``quant.to_codes``, ``layers.fold_batch_norm`` in float32 from the
 running statistics), so the integer network *is* the simulated one. The file format is
 specified in ``docs/export.md``.
+
+LSQ quantizers (``Policy.method_of``) export the same way when their learned steps are powers
+of two (``quant.lsq_pow2``): ``l = log2 s``, weight codes ``lsq.codes`` (LSQ's signed range
+reaches ``-2^(b-1)``). A step that is not a power of two has no integer form here: an
+ExportError names the layer.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from faq_jax import calibrate, keypaths, layers, quant
+from faq_jax import calibrate, keypaths, layers, lsq, quant
 from faq_jax.export import graph, intnet
 
 
@@ -40,7 +45,13 @@ def _constants(leaves: dict[str, dict[str, jax.Array]], specs: tuple, policy) ->
     out = {}
     for op, path, eps in specs:
         v = leaves[path]
-        if op in ("conv", "dense"):
+        if op in ("conv", "dense") and policy.weight_step_param(path) is not None:
+            s = lsq.step_of(v[policy.weight_step_param(path)], policy.lsq_pow2)
+            out[path] = {"w_s": s, "w": lsq.codes(v["kernel"], s, bits=policy.weight_bits(path),
+                                                  signed=True)}
+            if "bias" in v:
+                out[path]["b"] = _codes(v["bias"], policy.bias_bits, policy.bias_lsb)
+        elif op in ("conv", "dense"):
             bits, lsb = policy.weight_grid(path, v["kernel"])
             out[path] = {"w_l": lsb, "w": quant.to_codes(v["kernel"], bits=bits, lsb=lsb,
                                                           signed=True)}
@@ -77,7 +88,7 @@ def export(model: nn.Module, variables: dict[str, Any], *,
     if not policy.quantize_bn:
         raise intnet.ExportError("policy.quantize_bn is False: BatchNorm constants are float "
                                  "and have no integer form")
-    if "quant" not in variables:
+    if "quant" not in variables and not policy.uses_lsq():
         raise intnet.ExportError("variables have no 'quant' collection (activation l's): "
                                  "calibrate the network before exporting")
     variables = {k: variables[k] for k in ("params", "batch_stats", "quant") if k in variables}
@@ -85,7 +96,8 @@ def export(model: nn.Module, variables: dict[str, Any], *,
     x = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
     nodes = graph.trace(model, variables, x)
     arrays: dict[str, np.ndarray] = {}
-    params, stats, qv = variables["params"], variables.get("batch_stats", {}), variables["quant"]
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    qv = variables.get("quant", {})
     specs, leaves = [], {}
     for node in nodes:
         path = node.get("path")
@@ -103,13 +115,15 @@ def export(model: nn.Module, variables: dict[str, Any], *,
             raise intnet.ExportError(f"{path} {what} overflows {bits} bits at l={lsb}")
         return np.asarray(codes)
 
+    calibrated = []  # FAQ's activation quantizers (their l's come from calibration)
     for node in nodes:
         path, c = node.get("path"), consts.get(node.get("path"))
         if node["op"] == "input":
             node.update(bits=policy.input_bits, signed=True, l=policy.input_lsb)
         elif node["op"] in ("conv", "dense"):
             bits = policy.weight_bits(path)
-            node.update(w=f"{path}/w", w_bits=bits, w_l=int(c["w_l"]), bias=None)
+            w_l = int(c["w_l"]) if "w_l" in c else _step_exponent(path, "weight", c["w_s"])
+            node.update(w=f"{path}/w", w_bits=bits, w_l=w_l, bias=None)
             arrays[node["w"]] = np.asarray(c["w"]).astype(intnet.int_dtype(bits, True))
             if node["op"] == "conv":
                 node.update(strides=list(node["strides"]),
@@ -126,14 +140,23 @@ def export(model: nn.Module, variables: dict[str, Any], *,
                 intnet.int_dtype(policy.bn_scale_bits, True))
             arrays[node["t"]] = check(path, "BN shift t", c["t"], policy.bn_shift_bits,
                                       policy.bn_shift_lsb).astype(np.int32)
+        elif node["op"] == "requant" and policy.act_step_param(path) is not None:
+            if node["signed"]:
+                raise intnet.ExportError(
+                    f"{path}: a signed LSQ activation quantizer (codes down to -2^(b-1)); the "
+                    f"{intnet.FORMAT} v{intnet.VERSION} format holds symmetric signed codes only")
+            raw = keypaths.get(params, path)[policy.act_step_param(path)]
+            s = jax.device_get(lsq.step_of(jnp.asarray(raw), policy.lsq_pow2))
+            node.update(bits=policy.act_bits(path), l=_step_exponent(path, "activation", s))
         elif node["op"] == "requant":
+            calibrated.append(node)
             lsb = np.asarray(keypaths.get(qv, path)["lsb"])
             if lsb.shape != () or lsb != np.round(lsb):
                 raise intnet.ExportError(f"{path}: activation l {lsb} is not one integer")
             node.update(bits=policy.act_bits(path), l=int(lsb))
-    requants = [n for n in nodes if n["op"] == "requant"]
-    if requants and not allow_uncalibrated and all(
-            n["l"] == quant.uncalibrated_activation_lsb(n["bits"], n["signed"]) for n in requants):
+    if calibrated and not allow_uncalibrated and all(
+            n["l"] == quant.uncalibrated_activation_lsb(n["bits"], n["signed"])
+            for n in calibrated):
         raise intnet.ExportError(
             "every activation l still holds its uncalibrated default (the value model.init "
             "gives): calibrate the network before exporting (faq_jax.calibrate), or pass "
@@ -143,12 +166,25 @@ def export(model: nn.Module, variables: dict[str, Any], *,
     return intnet.IntegerNetwork(header, arrays)
 
 
+def _step_exponent(path: str, what: str, s: Any) -> int:
+    """l of an LSQ step ``s = 2^l``; ExportError naming the layer when s is no power of two."""
+    s = np.asarray(s)
+    l = lsq.pow2_exponent(s) if s.shape == () else None  # noqa: E741 - the paper's l
+    if l is None:
+        raise intnet.ExportError(
+            f"{path}: its learned LSQ {what} step {s} is not a power of two, so the layer has "
+            "no fixed-point (integer) form. Train with quant.lsq_pow2=True (steps learned as "
+            "powers of two) to export an LSQ network.")
+    return l
+
+
 def random_variables(model: nn.Module, input_shape: tuple[int, int, int], *, seed: int = 0,
                      batch: int = 2, calib_batches: int = 2) -> dict[str, Any]:
     """Random weights, random BN statistics and calibrated l's (tests and benchmarks).
 
     BN: γ ~ U(0.5, 1.5), β ~ N(0, 0.1²), running mean ~ N(0, 0.2²), var ~ U(0.5, 2); the
-    activation l's come from ``calibrate.calibrate`` on ``calib_batches`` N(0, 1) batches.
+    activation l's (and LSQ's steps) come from ``calibrate.initialize`` on ``calib_batches``
+    N(0, 1) batches.
     """
     key = jax.random.key(seed)
     x = jax.random.normal(key, (batch, *input_shape))
@@ -172,5 +208,4 @@ def random_variables(model: nn.Module, input_shape: tuple[int, int, int], *, see
         variables[coll] = jax.tree_util.tree_map_with_path(perturb, variables[coll])
     batches = [jax.random.normal(jax.random.fold_in(key, 100 + i), x.shape)
                for i in range(calib_batches)]
-    variables["quant"] = calibrate.calibrate(model, variables, batches)
-    return variables
+    return calibrate.initialize(model, variables, batches)

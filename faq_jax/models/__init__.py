@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from faq_jax import keypaths
+from faq_jax import keypaths, lsq
 from faq_jax.policy import Policy
 
 
@@ -56,9 +56,13 @@ def spec(arch: str) -> ArchSpec:
 
 
 def quant_sites(variables: Any) -> tuple[list[str], list[str]]:
-    """(weight paths, activation paths) of a model's quantizers, from its variables."""
-    return (list(keypaths.owners(variables.get("params", {}), "kernel")),
-            list(keypaths.owners(variables.get("quant", {}), "lsb")))
+    """(weight paths, activation paths) of a model's quantizers, from its variables: FAQ's
+    activation quantizers hold ``quant/.../lsb``, LSQ's a learned step in ``params``."""
+    params = variables.get("params", {})
+    acts = list(keypaths.owners(variables.get("quant", {}), "lsb"))
+    for name in (lsq.STEP, lsq.LOG2_STEP):
+        acts += list(keypaths.owners(params, name))
+    return list(keypaths.owners(params, "kernel")), acts
 
 
 def create(arch: str, *, policy: Policy | None = None, num_classes: int = 1000,

@@ -142,3 +142,13 @@ def test_from_config_builds_the_configured_policy():
     c.quant.enabled, c.quant.w_bits = True, 1
     with pytest.raises(ValueError, match="w_bits"):
         policy_lib.from_config(c.quant, c.calib)
+
+
+def test_describe_names_the_precision():
+    assert policy_lib.describe(None) == "fp32"
+    assert policy_lib.describe(policy_lib.W4A4) == "W4A4"
+    assert policy_lib.describe(policy_lib.W8A8) == "W8A8"
+    assert policy_lib.describe(Policy(w_bits=3, a_bits=3)) == "W3A3 all layers"
+    mixed = policy_lib.paper_policy(4, 4, rules=(("layer4_*", 2, None), ("@last_act", None, 8),
+                                                 ("fc", 3, 3)))
+    assert policy_lib.describe(mixed) == "W4A4 + layer4_*: W2, @last_act: A8 and 1 more"

@@ -48,6 +48,14 @@ def configure(verbosity: int | None) -> None:
     py_logging.getLogger().setLevel(py_logging.WARNING)  # jax, orbax's python loggers
 
 
+def configure_from_flags() -> None:
+    """:func:`configure` from absl's parsed ``--verbosity`` (None when not given)."""
+    from absl import flags  # noqa: PLC0415
+
+    flag = flags.FLAGS["verbosity"]
+    configure(flag.value if flag.present else None)
+
+
 def verbose() -> bool:
     """Whether INFO logs and tracebacks are shown (see :func:`configure`)."""
     return _state["verbose"]

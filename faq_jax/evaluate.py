@@ -18,12 +18,22 @@ import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import jax
 import ml_collections
 import numpy as np
 from absl import app, flags
 from etils import epath
 
-from faq_jax import checkpointing, console, converted, layers, models, steps
+from faq_jax import (
+    checkpointing,
+    console,
+    converted,
+    layers,
+    models,
+    sharding,
+    steps,
+    trainer,
+)
 from faq_jax import data as data_lib
 from faq_jax import policy as policy_lib
 from faq_jax import workdir as workdir_lib
@@ -159,10 +169,6 @@ def default_out(workdir: str | None, model: str | None, network: Network,
 def evaluate(config: ml_collections.ConfigDict, network: Network) -> dict[str, Any]:
     """The Evaluator's result (top1, top5, loss, count, packed hits) of ``network`` on
     ``config.data``'s eval split."""
-    import jax  # noqa: PLC0415
-
-    from faq_jax import sharding, trainer  # noqa: PLC0415
-
     if network.step_fn is not None and jax.process_count() > 1:
         raise ValueError("an exported network is evaluated by one process; run without "
                          "--distributed")
@@ -171,10 +177,13 @@ def evaluate(config: ml_collections.ConfigDict, network: Network) -> dict[str, A
         raise ValueError(f"the network takes {network.image_size}x{network.image_size} "
                          f"images, config.data.image_size is {config.data.image_size}: set "
                          f"--data.image_size={network.image_size}")
-    if config.get("num_classes") and info.num_classes > config.num_classes:
-        raise ValueError(f"the data have {info.num_classes} classes, the network "
-                         f"{config.num_classes}; an image folder must hold one subfolder per "
-                         "class of the network (sorted names give the class indices)")
+    n = config.get("num_classes")
+    own_classes = config.data.name == "folder" and config.data.train_dir == config.data.eval_dir
+    if n and (info.num_classes > n or own_classes and info.num_classes != n):
+        raise ValueError(f"the data have {info.num_classes} classes, the network {n}: an image "
+                         "folder holds one subfolder per class of the network (sorted names "
+                         "give the class indices), or --data.train_dir names the training "
+                         "folder whose classes it uses")
     evaluator = trainer.Evaluator(network.model, config, sharding.make_mesh(),
                                   step=network.step_fn)
     return evaluator(network.variables, prefix=network.name)
@@ -219,7 +228,7 @@ def _define_flags() -> None:
 
 def main(argv: list[str]) -> None:
     del argv
-    console.configure(FLAGS.verbosity if FLAGS["verbosity"].present else None)
+    console.configure_from_flags()
     with console.exit_on_error(extra=(ImportError, NotImplementedError)):
         if not (FLAGS.workdir or FLAGS.model):
             raise ValueError("give --workdir=DIR (a training run) or --model=FILE "

@@ -35,7 +35,7 @@ def _define_flags() -> None:
 
 def main(argv: list[str]) -> None:
     del argv
-    console.configure(FLAGS.verbosity if FLAGS["verbosity"].present else None)
+    console.configure_from_flags()
     with console.exit_on_error():
         config = console.config_flag_value("config")
         import jax  # noqa: PLC0415

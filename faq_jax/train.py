@@ -66,6 +66,8 @@ def _initial_variables(config: ml_collections.ConfigDict, float_model, quant_mod
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs the configured FAQ stages; returns (and writes) the summary of results."""
     stages, pol = config_check.validate(config)
+    info = data_lib.dataset_info(config)  # before the workdir is touched, like validate
+    config_check.check_dataset_size(config, stages, info.num_train)
     workdir = workdir_lib.absolute(workdir)
     workdir_lib.check_experiment(workdir, config_check.experiment_id(config))
     workdir_lib.write_config(workdir, config)  # the latest run's, for export and audit
@@ -75,8 +77,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
                  jax.devices())
     mesh = sharding.make_mesh()
-    info = data_lib.dataset_info(config)
-    config_check.check_dataset_size(config, stages, info.num_train)
     dtype = layers.COMPUTE_DTYPES[config.compute_dtype]
     float_model = models.create(config.arch, num_classes=config.num_classes, dtype=dtype)
     quant_model = None if pol is None else models.create(

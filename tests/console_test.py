@@ -88,7 +88,7 @@ def test_unwritable_workdir_is_one_line(tmp_path):
 def test_batch_larger_than_the_dataset_fails_before_pretraining(tmp_path):
     r = _cli("faq_jax.main", f"--workdir={tmp_path / 'w'}", "--config.batch_size=2048")
     _one_line_error(r, "config.batch_size=2048", "1497 training examples")
-    assert not (tmp_path / "w" / "fp32").exists()  # no pretraining ran
+    assert not (tmp_path / "w").exists()  # refused before anything was written
 
 
 def test_corrupt_cifar_archive_names_the_file(tmp_path):

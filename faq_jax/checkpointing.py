@@ -8,6 +8,7 @@ the checkpoint folders of a workdir are is :mod:`faq_jax.workdir`'s business.
 from __future__ import annotations
 
 import dataclasses
+import logging as py_logging
 import signal
 import threading
 from typing import Any
@@ -17,33 +18,80 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from faq_jax import workdir
+from faq_jax import sharding, workdir
 from faq_jax.workdir import CheckpointError
+
+
+def _reader(directory: str) -> ocp.CheckpointManager:
+    """A manager that only reads (it writes nothing, so read-only workdirs work)."""
+    absl_logger = py_logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(py_logging.ERROR)  # orbax warns that read_only is read-only
+    try:
+        return ocp.CheckpointManager(
+            workdir.absolute(directory), item_handlers=ocp.StandardCheckpointHandler(),
+            options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+    finally:
+        absl_logger.setLevel(level)
 
 
 def latest_step(directory: str) -> int | None:
     """The newest checkpoint step in ``directory`` (None if none), touching nothing else."""
+    return max(all_steps(directory), default=None)
+
+
+def all_steps(directory: str) -> list[int]:
+    """The checkpoint steps in ``directory``, ascending ([] if none)."""
     if not epath.Path(directory).exists():
-        return None
-    manager = ocp.CheckpointManager(workdir.absolute(directory))
+        return []
+    manager = _reader(directory)
     try:
-        return manager.latest_step()
+        return sorted(manager.all_steps())
     finally:
         manager.close()
 
 
-def restore_latest(directory: str) -> tuple[int, dict[str, Any]]:
-    """(step, state as a dict of its fields) of the newest checkpoint in ``directory``, read
-    without a target structure (any TrainState); CheckpointError when there is none."""
-    manager = ocp.CheckpointManager(workdir.absolute(directory))
+def unreadable(directory: str, step: int, e: BaseException) -> CheckpointError:
+    """The error for checkpoint ``step`` in ``directory`` that orbax could not read: one
+    line (orbax's own can run to pages), what to do, and that nothing was changed."""
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    return CheckpointError(
+        f"cannot restore checkpoint step {step} in {directory} ({type(e).__name__}: {first}): "
+        "it is damaged, or was written by an incompatible configuration. Nothing was "
+        f"changed. Move {epath.Path(directory) / str(step)} away to use the step before it, "
+        "restore the matching config, or use a new --workdir.")
+
+
+def restore(directory: str, step: int | None = None) -> tuple[int, dict[str, Any]]:
+    """(step, state as a dict of its fields) of checkpoint ``step`` (default: the newest)
+    in ``directory``, read without writing, as the checkpoint's own structure (any
+    TrainState) replicated over this process's devices, whatever the devices that wrote
+    it; CheckpointError when there is none, no such step, or it is unreadable."""
+    steps = all_steps(directory)
+    if not steps:
+        raise CheckpointError(f"{directory}: no checkpoint")
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise CheckpointError(f"{directory} has no checkpoint at step {step}; it has steps "
+                              f"{', '.join(map(str, steps))}")
+    manager = _reader(directory)
     try:
-        step = manager.latest_step()
-        if step is None:
-            raise CheckpointError(f"{directory}: no checkpoint")
-        state = manager.restore(step, args=ocp.args.StandardRestore())
+        meta = manager.item_metadata(step)
+        repl = sharding.replicated(sharding.make_mesh())
+        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl),
+                              getattr(meta, "tree", meta))
+        state = manager.restore(step, args=ocp.args.StandardRestore(target))
+    except Exception as e:  # orbax raises many types for damaged or foreign files
+        raise unreadable(directory, step, e) from e
     finally:
         manager.close()
     return step, state if isinstance(state, dict) else dataclasses.asdict(state)
+
+
+def restore_latest(directory: str) -> tuple[int, dict[str, Any]]:
+    """:func:`restore` of the newest checkpoint."""
+    return restore(directory)
 
 
 class Checkpointer:
@@ -79,12 +127,7 @@ class Checkpointer:
         try:
             return self.manager.restore(step, args=ocp.args.StandardRestore(target))
         except Exception as e:  # orbax raises many types for damaged or foreign files
-            raise CheckpointError(
-                f"cannot restore checkpoint step {step} in {self.directory}: "
-                f"{type(e).__name__}: {e}\nIt is corrupt or was written by an incompatible "
-                "configuration. Nothing was overwritten. Move it away to start over, or "
-                "restore the matching config."
-            ) from e
+            raise unreadable(str(self.directory), step, e) from e
 
     def should_stop(self, step: int) -> bool:
         """True when the job is being preempted (SIGTERM or the JAX preemption notice).

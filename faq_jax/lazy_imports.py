@@ -13,6 +13,8 @@ import importlib.util
 import sys
 from types import ModuleType
 
+from faq_jax import console
+
 
 def _preload_torch() -> None:
     if "torch" not in sys.modules and importlib.util.find_spec("torch") is not None:
@@ -25,6 +27,9 @@ def tensorflow() -> ModuleType:
     """Returns ``tensorflow`` (GPUs hidden), loading torch and triton first if installed."""
     if "tensorflow" not in sys.modules:
         _preload_torch()
+        # Its native libraries print INFO lines on import whatever TF_CPP_MIN_LOG_LEVEL says.
+        with console.native_stderr_silenced(not console.verbose()):
+            import tensorflow  # noqa: F401
     import tensorflow as tf
 
     # tf.data runs on the host; it must never grab accelerator memory from JAX.

@@ -5,10 +5,14 @@ Two accuracies measured on one test set are not independent samples: most images
 made on them: the difference of accuracies with a paired 95% interval (normal approximation
 on the per-image differences) and McNemar's exact test (two-sided binomial on the
 discordant pairs).
+
+Evaluations keep each image's top-1 hit as a short string (:func:`pack`), so two
+evaluations of one split, written at different times, can be compared later.
 """
 
 from __future__ import annotations
 
+import base64
 import math
 from typing import Any
 
@@ -50,3 +54,23 @@ def format_row(name: str, cmp: dict[str, float]) -> str:
     return (f"| {name} | {cmp['run']:.2f} | {cmp['diff']:+.2f} | "
             f"[{cmp['ci_low']:+.2f}, {cmp['ci_high']:+.2f}] | {cmp['b']}/{cmp['c']} | "
             f"{cmp['mcnemar_p']:.3g} |")
+
+
+def pack(correct: Any) -> str:
+    """Per-image hits (boolean, one per image in split order) as base64 of their bits."""
+    return base64.b64encode(np.packbits(np.asarray(correct, bool)).tobytes()).decode("ascii")
+
+
+def unpack(packed: str, n: int) -> np.ndarray:
+    """Inverse of :func:`pack` for ``n`` images."""
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(packed), np.uint8))
+    if bits.size < n or bits.size - n >= 8:
+        raise ValueError(f"packed hits hold {bits.size} bits, not the bits of {n} images")
+    return bits[:n].astype(bool)
+
+
+def describe(cmp: dict[str, float], what: str = "after - before") -> str:
+    """One line: the difference, its paired 95% interval, the image count and McNemar's p."""
+    return (f"{what}: {cmp['diff']:+.2f} points, paired 95% interval "
+            f"[{cmp['ci_low']:+.2f}, {cmp['ci_high']:+.2f}] on {cmp['n']} images "
+            f"({cmp['c']} fixed, {cmp['b']} broken; McNemar p = {cmp['mcnemar_p']:.2g})")

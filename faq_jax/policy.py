@@ -263,3 +263,27 @@ def from_config(quant_config: Any, calib_config: Any) -> Policy | None:
 
 W8A8 = paper_policy(8, 8)
 W4A4 = paper_policy(4, 4)
+
+
+def describe(policy: Policy | None) -> str:
+    """A short name of the precision: ``fp32``, ``W4A4`` (FAQ's policy: 8-bit first and last
+    layers below 8 bits), ``W4A4 all layers`` (no such exceptions), ``W4A4 + layer4_*: W2``
+    (further rules, the first two named); LSQ's steps are named (``W4A4 LSQ``)."""
+    if policy is None:
+        return "fp32"
+    name = f"W{policy.w_bits}A{policy.a_bits}" + (" LSQ" if policy.method == "lsq" else "")
+    paper = paper_policy(policy.w_bits, policy.a_bits, method=policy.method,
+                         lsq_pow2=policy.lsq_pow2).rules
+    rules = policy.rules
+    if paper and rules[:len(paper)] == paper:
+        rules = rules[len(paper):]
+    elif paper:
+        name += " all layers"
+    if not rules:
+        return name
+    shown = [f"{r.match}: " + "/".join([f"{k}{b}" for k, b in (("W", r.w_bits),
+                                                              ("A", r.a_bits)) if b is not None]
+                                       + ([r.method.upper()] if r.method else []))
+             for r in rules[:2]]
+    more = f" and {len(rules) - 2} more" if len(rules) > 2 else ""
+    return f"{name} + {', '.join(shown)}{more}"

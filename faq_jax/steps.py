@@ -123,21 +123,28 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
     return train_step
 
 
+def eval_metrics(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> Metrics:
+    """Sums of loss, top-1 and top-5 hits and the count over the masked-in examples, and
+    ``correct``: each example's top-1 hit ([B] bool, False on padding)."""
+    mask_f = mask.astype(jnp.float32)
+    loss = cross_entropy(logits, labels)
+    top5 = jax.lax.top_k(logits.astype(jnp.float32), min(5, logits.shape[-1]))[1]
+    hit5 = jnp.any(top5 == labels[:, None], axis=-1)
+    correct = (jnp.argmax(logits, -1) == labels) & mask.astype(bool)
+    return {
+        "loss_sum": jnp.sum(loss * mask_f),
+        "top1_sum": jnp.sum(correct.astype(jnp.float32)),
+        "top5_sum": jnp.sum(hit5 * mask_f),
+        "count": jnp.sum(mask_f),
+        "correct": correct,
+    }
+
+
 def make_eval_step(model: nn.Module) -> Callable[[dict[str, Any], Batch], Metrics]:
-    """eval_step(variables, batch) -> summed metrics over the masked-in examples."""
+    """eval_step(variables, batch) -> :func:`eval_metrics` of the model's logits."""
 
     def eval_step(variables: dict[str, Any], batch: Batch) -> Metrics:
         logits = model.apply(variables, batch["image"], train=False)
-        labels = batch["label"]
-        mask = batch["mask"].astype(jnp.float32)
-        loss = cross_entropy(logits, labels)
-        top5 = jax.lax.top_k(logits.astype(jnp.float32), min(5, logits.shape[-1]))[1]
-        hit5 = jnp.any(top5 == labels[:, None], axis=-1)
-        return {
-            "loss_sum": jnp.sum(loss * mask),
-            "top1_sum": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
-            "top5_sum": jnp.sum(hit5 * mask),
-            "count": jnp.sum(mask),
-        }
+        return eval_metrics(logits, batch["label"], batch["mask"])
 
     return eval_step

@@ -8,6 +8,8 @@ in ``workdir/summary.json``).
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import jax
@@ -15,20 +17,24 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
 from faq_jax import (
     analysis,
     checkpointing,
+    console,
     converted,
     keypaths,
     layers,
     lsq,
     models,
+    paired,
     sharding,
     trainer,
 )
 from faq_jax import calibrate as calibrate_lib
 from faq_jax import data as data_lib
+from faq_jax import policy as policy_lib
 from faq_jax import workdir as workdir_lib
 from faq_jax.config import check as config_check
 
@@ -74,6 +80,8 @@ def _quantizer_state(variables: dict[str, Any]) -> tuple[dict[str, Any], dict[st
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs the configured FAQ stages; returns (and writes) the summary of results."""
     stages, pol = config_check.validate(config)
+    info = data_lib.dataset_info(config)  # before the workdir is touched, like validate
+    config_check.check_dataset_size(config, stages, info.num_train)
     workdir = workdir_lib.absolute(workdir)
     workdir_lib.check_experiment(workdir, config_check.experiment_id(config))
     workdir_lib.write_config(workdir, config)  # the latest run's, for export and audit
@@ -83,13 +91,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
                  jax.devices())
     mesh = sharding.make_mesh()
-    info = data_lib.dataset_info(config)
     dtype = layers.COMPUTE_DTYPES[config.compute_dtype]
     float_model = models.create(config.arch, num_classes=config.num_classes, dtype=dtype)
     quant_model = None if pol is None else models.create(
         config.arch, policy=pol, num_classes=config.num_classes, dtype=dtype)
     variables = _initial_variables(config, float_model, quant_model, info.image_shape)
-    summary = workdir_lib.read_summary(workdir)
+    try:
+        summary = workdir_lib.read_summary(workdir)
+    except json.JSONDecodeError as e:
+        raise workdir_lib.CheckpointError(
+            f"{os.path.join(workdir, workdir_lib.SUMMARY)} is corrupt ({e}): it holds this "
+            "workdir's results and calibrated l's. Restore it from a backup, or use a new "
+            "--workdir.") from e
     summary.update(arch=config.arch, w_bits=config.quant.w_bits if pol else None,
                    a_bits=config.quant.a_bits if pol else None)
     finetune_dir = workdir_lib.finetune_dir(workdir)
@@ -103,7 +116,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                                batch_size=pre.batch_size, micro_batch_size=0,
                                                batch_schedule=(), optim=pre.optim))
         trained = trainer.Trainer(float_eval, config, stage, workdir_lib.pretrain_dir(workdir),
-                                  info.num_train, eval_prefix="fp32").fit(variables)
+                                  info.num_train, eval_prefix="fp32", name="pretrain",
+                                  ).fit(variables)
         variables = {**variables, **trained.variables}
     if "eval_fp32" in stages and "fp32" not in summary:
         summary["fp32"] = float_eval(variables, 0, "fp32")
@@ -126,7 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if quant_model is not None and "finetune" in stages:
         start_params = variables["params"]
         fitted = trainer.Trainer(quant_eval, config, config, finetune_dir, info.num_train,
-                                 eval_prefix="quant").fit(variables)
+                                 eval_prefix="quant", name="finetune").fit(variables)
         variables = fitted.variables
         if fitted.grad_noise is not None:
             summary["grad_noise"] = fitted.grad_noise
@@ -134,9 +148,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if config.analysis.weight_similarity:
             summary["weight_cosine"] = analysis.weight_similarity(start_params,
                                                                   variables["params"])
+        if "correct" in summary.get("quant_before", {}):
+            summary["after_vs_before"] = _paired(summary["quant_before"],
+                                                 summary["quant_after"])
         workdir_lib.write_summary(workdir, summary)
     writer.flush()
-    _log_table(summary)
+    console.show(_result_table(summary, policy_lib.describe(pol), workdir))
     return {**summary, "variables": variables}
 
 
@@ -173,8 +190,18 @@ def _calibrated(config: ml_collections.ConfigDict, stages: set[str],
         config, local_batch_size=local, num_batches=config.calib.num_batches,
         process_index=jax.process_index(), process_count=jax.process_count())
     bsh = sharding.batch_sharding(mesh)
-    out = calibrate_lib.initialize(quant_model, sharding.replicate(variables, mesh),
-                                   (sharding.to_global(b, bsh)["image"] for b in batches))
+    bar = console.progress(config.calib.num_batches, "calibrate", unit="batch")
+
+    def images():
+        for b in batches:
+            yield sharding.to_global(b, bsh)["image"]
+            bar.update(1)
+
+    try:
+        out = calibrate_lib.initialize(quant_model, sharding.replicate(variables, mesh),
+                                       images())
+    finally:
+        bar.close()
     learned = ("quant", "params") if quant_model.policy.uses_lsq() else ("quant",)
     return {**variables, **jax.device_get({k: out[k] for k in learned})}
 
@@ -208,15 +235,31 @@ def _flat_lsbs(quant_vars: dict[str, Any]) -> dict[str, float]:
     return {path: float(v) for path, v in keypaths.owners(quant_vars, "lsb").items()}
 
 
-def _log_table(summary: dict[str, Any]) -> None:
-    rows = [("fp32", summary.get("fp32")), ("quantized, before fine-tuning",
-            summary.get("quant_before")), ("quantized, after fine-tuning",
-            summary.get("quant_after"))]
-    lines = [f"{'network':32s} {'top-1':>7s} {'top-5':>7s}"]
-    for name, r in rows:
-        if r:
-            lines.append(f"{name:32s} {r['top1']:7.2f} {r['top5']:7.2f}")
+def _paired(base: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """``paired.compare`` of two evaluations of the same split (their packed hits)."""
+    n = int(base["count"])
+    return paired.compare(paired.unpack(base["correct"], n),
+                          paired.unpack(run["correct"], int(run["count"])))
+
+
+def _result_table(summary: dict[str, Any], precision: str, workdir: str) -> str:
+    """The run's results for the console: the accuracy of each network, after - before
+    fine-tuning with its paired interval, and where results and checkpoints are."""
+    rows = [("fp32", summary.get("fp32")),
+            (f"{precision} before fine-tuning", summary.get("quant_before")),
+            (f"{precision} after fine-tuning", summary.get("quant_after"))]
+    width = max(32, *(len(name) for name, _ in rows))
+    lines = [f"{'network':{width}s} {'top-1':>7s} {'top-5':>7s}"]
+    lines += [f"{name:{width}s} {r['top1']:7.2f} {r['top5']:7.2f}" for name, r in rows if r]
+    if "after_vs_before" in summary:
+        lines.append(paired.describe(summary["after_vs_before"]))
     if "weight_cosine" in summary:
         lines.append(f"mean weight cosine (start vs end): {summary['weight_cosine']['mean']:.4f}")
-    if jax.process_index() == 0:  # the run's result, for the console (summary.json has all)
-        print("\n".join(lines), flush=True)
+    lines.append(f"results: {os.path.join(workdir, workdir_lib.SUMMARY)}")
+    ckpts = [f"{d} ({what})" for d, what in
+             ((workdir_lib.finetune_dir(workdir), "fine-tuned"),
+              (workdir_lib.pretrain_dir(workdir), "fp32"))
+             if epath.Path(d).exists()]
+    if ckpts:
+        lines.append("checkpoints: " + ", ".join(ckpts))
+    return "\n".join(lines)

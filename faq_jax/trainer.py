@@ -23,7 +23,16 @@ import numpy as np
 import optax
 from absl import logging
 
-from faq_jax import analysis, checkpointing, lazy_imports, optim, sharding, steps
+from faq_jax import (
+    analysis,
+    checkpointing,
+    console,
+    lazy_imports,
+    optim,
+    paired,
+    sharding,
+    steps,
+)
 from faq_jax import data as data_lib
 from faq_jax.workdir import CheckpointError
 
@@ -44,43 +53,58 @@ def clu() -> tuple[Any, Any]:
 @dataclasses.dataclass(frozen=True)
 class Evaluator:
     """Top-1/top-5/loss of ``model`` over the whole eval split (padded + masked: every
-    example once). Build one per model: its step compiles once."""
+    example once), and each example's top-1 hit. Build one per model: its step compiles
+    once. ``step`` replaces the model's jitted eval step (an exported integer network run
+    on the host: ``step(variables, batch) -> steps.eval_metrics(...)``)."""
 
-    model: nn.Module
+    model: nn.Module | None
     config: ml_collections.ConfigDict
     mesh: jax.sharding.Mesh
     writer: Any = None  # clu metric writer; None: log only
+    step: Callable[..., steps.Metrics] | None = None
 
     @functools.cached_property
     def eval_step(self) -> Callable[..., steps.Metrics]:
-        return jax.jit(steps.make_eval_step(self.model))
+        return self.step if self.step is not None else jax.jit(steps.make_eval_step(self.model))
 
-    def __call__(self, variables: dict[str, Any], step: int = 0,
-                 prefix: str = "eval") -> dict[str, float]:
-        """The metrics of ``variables``, written as ``<prefix>/<metric>`` at ``step``."""
+    def __call__(self, variables: dict[str, Any], step: int = 0, prefix: str = "eval",
+                 transient: bool = False) -> dict[str, Any]:
+        """The metrics of ``variables``, written as ``<prefix>/<metric>`` at ``step``.
+
+        Returns top1, top5 (percent), loss, count and ``correct``: the examples' top-1
+        hits in split order, ``paired.pack``ed. ``transient``: an evaluation inside a
+        training stage (its progress bar goes when done; see ``console.progress``).
+        """
         config, mesh = self.config, self.mesh
         variables = sharding.replicate(variables, mesh)
         global_batch, local = sharding.padded_eval_batch(config.eval_batch_size)
-        total = None
-        it = data_lib.eval_batches(config, local_batch_size=local,
-                                   process_index=jax.process_index(),
-                                   process_count=jax.process_count())
+        pi, pc = jax.process_index(), jax.process_count()
+        it = data_lib.eval_batches(config, local_batch_size=local, process_index=pi,
+                                   process_count=pc)
         bsh = sharding.batch_sharding(mesh)
-        n_total = data_lib.num_eval_batches(config, local_batch_size=local,
-                                            process_count=jax.process_count())
+        n_total = data_lib.num_eval_batches(config, local_batch_size=local, process_count=pc)
         if config.max_eval_batches > 0:
             n_total = min(n_total, config.max_eval_batches)
+        start, end = data_lib.shard_bounds(data_lib.dataset_info(config).num_eval, pi, pc)
+        total, hits, rows = None, [], []
         t0 = time.time()
-        for i, batch in enumerate(it):
-            if i >= n_total:
-                break
-            m = self.eval_step(variables, sharding.to_global(batch, bsh))
-            total = m if total is None else jax.tree.map(jnp.add, total, m)
-            if (i + 1) % 50 == 0:  # progress line; the batch count is known up front
-                rate = (i + 1) * global_batch / max(time.time() - t0, 1e-9)
-                eta = (n_total - i - 1) * global_batch / rate
-                logging.info("%s: batch %d/%d, %.1f img/s, ETA %.0f s", prefix, i + 1,
-                             n_total, rate, eta)
+        bar = console.progress(n_total, f"eval {prefix}", unit="batch", transient=transient)
+        try:
+            for i, batch in enumerate(it):
+                if i >= n_total:
+                    break
+                # Each row's example index (-1: padding) finds its hit again after the
+                # batch was split over devices and processes.
+                index = start + i * local + np.arange(local)
+                batch["index"] = np.where(batch["mask"] & (index < end), index, -1)
+                gbatch = sharding.to_global(batch, bsh)
+                m = dict(self.eval_step(variables, gbatch))
+                hits.append(m.pop("correct"))
+                rows.append(gbatch["index"])
+                total = m if total is None else jax.tree.map(jnp.add, total, m)
+                bar.update(1)
+        finally:
+            bar.close()
         total = jax.device_get(total)
         count = float(total["count"])
         result = {"top1": 100.0 * float(total["top1_sum"]) / count,
@@ -92,7 +116,20 @@ class Evaluator:
                      count / max(secs, 1e-9))
         if self.writer is not None:
             self.writer.write_scalars(step, {f"{prefix}/{k}": v for k, v in result.items()})
+        result["correct"] = paired.pack(_in_split_order(hits, rows))
         return result
+
+
+def _in_split_order(hits: list[Any], rows: list[Any]) -> np.ndarray:
+    """The per-example hits of every batch (global arrays), ordered by example index."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils  # noqa: PLC0415
+
+        hits, rows = multihost_utils.process_allgather((hits, rows), tiled=True)
+    hit = np.concatenate([np.asarray(h).ravel() for h in hits]) if hits else np.zeros(0, bool)
+    row = np.concatenate([np.asarray(r).ravel() for r in rows]) if rows else np.zeros(0, int)
+    keep = row >= 0
+    return hit[keep][np.argsort(row[keep], kind="stable")]
 
 
 class Fitted(NamedTuple):
@@ -119,6 +156,7 @@ class Trainer:
     num_train: int  # training examples (the epoch length)
     eval_prefix: str  # TensorBoard prefix of the per-epoch evaluations
     writer: Any = None  # clu metric writer (default: the evaluator's)
+    name: str = "train"  # the stage, as the progress bar and messages name it
     # Derived from stage and num_train:
     batches: optim.BatchSchedule = dataclasses.field(init=False)
     tx: optax.GradientTransformation = dataclasses.field(init=False)
@@ -186,7 +224,7 @@ class Trainer:
         restored = ckpt.restore(state)
         if restored is not None:
             state = restored
-            logging.info("resumed from %s at step %d", ckpt.directory, int(state.step))
+            console.warn(f"{self.name}: resumed from {ckpt.directory} at step {int(state.step)}")
         start = int(jax.device_get(state.step))
         if start > total:
             raise CheckpointError(
@@ -203,43 +241,53 @@ class Trainer:
         pending: list[tuple[int, dict[str, jax.Array]]] = []
         t0, images = time.time(), 0
         bsh = sharding.batch_sharding(self.mesh, 1)
-        for step in range(start, total):
-            epoch, in_epoch = batches.locate(step)
-            accum = batches.accum(epoch)
-            micro = [next(data) for _ in range(accum)]
-            batch = {k: np.stack([m[k] for m in micro]) for k in ("image", "label")}
-            old_params = gn.copy(state.params) if gn else None  # the step donates state
-            state, metrics = train_step(state, sharding.to_global(batch, bsh))
-            if gn:
-                gn_state, gn_cos = gn.update(gn_state, old_params, state.params)
-            pending.append((step + 1, metrics))
-            images += accum * batches.micro
-            done = step + 1
-            end_of_epoch = in_epoch + 1 == batches.steps_in_epoch(epoch)
-            if done % config.log_every_steps == 0 or done == total or end_of_epoch:
-                _flush(pending, writer, images / max(time.time() - t0, 1e-9))
+        bar = console.progress(total, self.name, initial=start)
+        loss, evaluated = float("nan"), ""  # shown beside the bar
+        try:
+            for step in range(start, total):
+                epoch, in_epoch = batches.locate(step)
+                accum = batches.accum(epoch)
+                micro = [next(data) for _ in range(accum)]
+                batch = {k: np.stack([m[k] for m in micro]) for k in ("image", "label")}
+                old_params = gn.copy(state.params) if gn else None  # the step donates state
+                state, metrics = train_step(state, sharding.to_global(batch, bsh))
                 if gn:
-                    per_layer = analysis.summarize_grad_noise(gn_cos)["per_layer"]
-                    writer.write_scalars(done, {f"grad_noise/{k}": v
-                                                for k, v in per_layer.items()})
-                pending, t0, images = [], time.time(), 0
-            report(done)
-            if ckpt.will_save(done):  # never checkpoint a diverged state
-                _check_finite(pending)
-                if not bool(_all_finite(state.params)):
-                    raise NonFiniteLossError(
-                        f"parameters are not finite after step {done}: training diverged. "
-                        "Lower config.optim.lr, or resume from an earlier checkpoint.")
-                ckpt.save(done, state)
-            if ckpt.should_stop(done):
-                _flush(pending, writer, 0.0)
-                if ckpt.latest_step() != done:  # the periodic save may have written it already
-                    ckpt.save(done, state, force=True)
-                raise SystemExit(f"preempted: checkpoint saved at step {done} in "
-                                 f"{ckpt.directory}")
-            if end_of_epoch and (epoch + 1) % max(1, config.eval_every_epochs) == 0 \
-                    and done < total:
-                self.evaluator(state.variables(), done, f"{self.eval_prefix}/epoch{epoch + 1}")
+                    gn_state, gn_cos = gn.update(gn_state, old_params, state.params)
+                pending.append((step + 1, metrics))
+                images += accum * batches.micro
+                done = step + 1
+                end_of_epoch = in_epoch + 1 == batches.steps_in_epoch(epoch)
+                if done % config.log_every_steps == 0 or done == total or end_of_epoch:
+                    loss = _flush(pending, writer, images / max(time.time() - t0, 1e-9))
+                    bar.set_postfix_str(f"loss {loss:.4f}{evaluated}", refresh=False)
+                    if gn:
+                        per_layer = analysis.summarize_grad_noise(gn_cos)["per_layer"]
+                        writer.write_scalars(done, {f"grad_noise/{k}": v
+                                                    for k, v in per_layer.items()})
+                    pending, t0, images = [], time.time(), 0
+                report(done)
+                if ckpt.will_save(done):  # never checkpoint a diverged state
+                    _check_finite(pending)
+                    if not bool(_all_finite(state.params)):
+                        raise NonFiniteLossError(
+                            f"parameters are not finite after step {done}: training diverged. "
+                            "Lower config.optim.lr, or resume from an earlier checkpoint.")
+                    ckpt.save(done, state)
+                if ckpt.should_stop(done):
+                    _flush(pending, writer, 0.0)
+                    if ckpt.latest_step() != done:  # the periodic save may have written it
+                        ckpt.save(done, state, force=True)
+                    raise SystemExit(f"preempted: checkpoint saved at step {done} in "
+                                     f"{ckpt.directory}")
+                if end_of_epoch and (epoch + 1) % max(1, config.eval_every_epochs) == 0 \
+                        and done < total:
+                    r = self.evaluator(state.variables(), done,
+                                       f"{self.eval_prefix}/epoch{epoch + 1}", transient=True)
+                    evaluated = f", eval top-1 {r['top1']:.2f} (epoch {epoch + 1})"
+                    bar.set_postfix_str(f"loss {loss:.4f}{evaluated}", refresh=False)
+                bar.update(1)
+        finally:
+            bar.close()
         _flush(pending, writer, 0.0)
         if ckpt.latest_step() != total:
             ckpt.save(total, state, force=True)
@@ -265,13 +313,15 @@ def _check_finite(pending: list[tuple[int, dict[str, jax.Array]]],
 
 
 def _flush(pending: list[tuple[int, dict[str, jax.Array]]],
-           writer: Any, img_per_s: float) -> None:
-    """Fetches queued step metrics (one host sync per log period) and checks for NaN."""
+           writer: Any, img_per_s: float) -> float:
+    """Fetches queued step metrics (one host sync per log period) and checks for NaN;
+    returns the last step's loss (NaN when nothing was queued)."""
     if not pending:
-        return
+        return float("nan")
     fetched = _check_finite(pending)
     step, last = fetched[-1]
     scalars = {f"train/{k}": float(v) for k, v in last.items()}
     if img_per_s:
         scalars["train/images_per_sec"] = img_per_s
     writer.write_scalars(step, scalars)
+    return scalars["train/loss"]

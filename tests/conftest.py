@@ -23,3 +23,26 @@ if importlib.util.find_spec("triton") is not None:
 import jax  # noqa: E402
 
 jax.config.update("jax_threefry_partitionable", True)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A finished tiny run of the embedded demo (pretrain, calibrate, fine-tune; 16 steps
+    per training stage, checkpoints every 8): (workdir, summary). Tests copy it before
+    changing anything in it."""
+    from faq_jax import train  # noqa: PLC0415
+    from faq_jax.config import demo  # noqa: PLC0415
+
+    c = demo.get_config()
+    c.max_steps = 16
+    c.checkpoint_every_steps = 8
+    c.keep_checkpoints = 3
+    c.eval_every_epochs = 100
+    c.eval_batch_size = 152  # 300 eval digits: 2 batches, the second padded
+    workdir = tmp_path_factory.mktemp("tiny_run") / "w"
+    summary = train.train_and_evaluate(c, str(workdir))
+    summary.pop("variables")
+    return workdir, summary

@@ -191,7 +191,7 @@ def test_errors_name_the_problem():
         export.export(model, {**variables, "params": bad})
 
 
-def test_cli_refuses_an_uncalibrated_workdir(tmp_path):
+def test_cli_refuses_an_uncalibrated_workdir(tmp_path, capsys):
     import json  # noqa: PLC0415
 
     (tmp_path / "experiment.json").write_text(json.dumps(dict(
@@ -199,7 +199,12 @@ def test_cli_refuses_an_uncalibrated_workdir(tmp_path):
         rules=[])))
     (tmp_path / "summary.json").write_text(json.dumps({"fp32": {"top1": 90.0}}))
     with pytest.raises(export.ExportError, match="never calibrated"):
+        export_cli.load_workdir(str(tmp_path))
+    with pytest.raises(SystemExit) as exit_:  # the CLI: one line, status 1
         export_cli.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "net.npz")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and err.startswith("error: ") and "never calibrated" in err
+    assert "Traceback" not in err and not (tmp_path / "net.npz").exists()
 
 
 def test_wide_codes_keep_their_width(tmp_path):

@@ -6,7 +6,7 @@ runs). The graph fails on:
 - an import loop (modules that import each other, directly or through others);
 - a private name of another module (``from faq_jax.x import _y`` or ``x._y``);
 - an arrow from the core (quant, policy, layers, models, keypaths) to the application
-  (train, trainer, export, data, config, workdir, checkpointing, main);
+  (train, trainer, export, data, config, workdir, checkpointing, main, evaluate);
 - inside ``faq_jax.export``, an arrow against intnet <- graph, executor <- exporter <-
   onnx_writer <- cli.
 """
@@ -22,7 +22,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CORE = ("quant", "policy", "layers", "models", "keypaths")
 APPLICATION = ("train", "trainer", "export", "data", "config", "workdir", "checkpointing",
-               "main")
+               "main", "evaluate")
 EXPORT_RANK = {"intnet": 0, "graph": 1, "executor": 1, "exporter": 2, "onnx_writer": 2,
                "onnx_deploy": 3, "cli": 4, "__main__": 5}
 

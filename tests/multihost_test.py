@@ -42,4 +42,7 @@ def test_two_processes_train_and_agree(tmp_path):
     assert fields[0]["params"] == fields[1]["params"]
     assert fields[0]["top1"] == fields[1]["top1"]
     assert float(fields[0]["eval_count"]) == 300
+    # Each digit's hit, gathered from both processes in split order, on both.
+    assert fields[0]["hits"] == fields[1]["hits"] and fields[0]["pairs"] == "300"
+    assert int(fields[0]["hit_count"]) == round(3 * float(fields[0]["top1"]))
     assert (tmp_path / "work" / "checkpoints" / "4").exists()

@@ -35,3 +35,16 @@ def test_compare_counts_discordant_pairs_and_the_paired_interval():
 def test_compare_refuses_unpaired_input():
     with pytest.raises(ValueError, match="equal-length"):
         paired.compare(np.ones(3, bool), np.ones(4, bool))
+
+
+def test_pack_round_trips_and_describe_says_the_interval():
+    rng = np.random.default_rng(1)
+    for n in (1, 7, 8, 300, 10_001):
+        hits = rng.random(n) < 0.7
+        np.testing.assert_array_equal(paired.unpack(paired.pack(hits), n), hits)
+    with pytest.raises(ValueError, match="not the bits of 20 images"):
+        paired.unpack(paired.pack(np.ones(300, bool)), 20)
+    cmp = paired.compare([True, False, False, True], [True, True, True, False])
+    assert paired.describe(cmp) == ("after - before: +25.00 points, paired 95% interval "
+                                    f"[{cmp['ci_low']:+.2f}, {cmp['ci_high']:+.2f}] on 4 "
+                                    "images (2 fixed, 1 broken; McNemar p = 1)")

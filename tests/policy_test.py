@@ -192,3 +192,17 @@ def test_from_config_reads_the_method_and_defaults_to_faq():
     old = c.quant.to_dict()  # a config.json written before the switch existed
     del old["method"], old["lsq_pow2"]
     assert policy_lib.from_config(ml_collections.ConfigDict(old), c.calib).method == "faq"
+
+
+def test_describe_names_the_precision():
+    assert policy_lib.describe(None) == "fp32"
+    assert policy_lib.describe(policy_lib.W4A4) == "W4A4"
+    assert policy_lib.describe(policy_lib.W8A8) == "W8A8"
+    assert policy_lib.describe(Policy(w_bits=3, a_bits=3)) == "W3A3 all layers"
+    mixed = policy_lib.paper_policy(4, 4, rules=(("layer4_*", 2, None), ("@last_act", None, 8),
+                                                 ("fc", 3, 3)))
+    assert policy_lib.describe(mixed) == "W4A4 + layer4_*: W2, @last_act: A8 and 1 more"
+    assert policy_lib.describe(policy_lib.paper_policy(4, 4, method="lsq")) == "W4A4 LSQ"
+    assert policy_lib.describe(Policy(w_bits=4, a_bits=4, rules=(Rule("layer4_*", method="lsq"),
+                                                                  ))) == \
+        "W4A4 all layers + layer4_*: LSQ"

@@ -10,7 +10,7 @@ import pytest
 
 ARGS = ["--config.stages=finetune", "--config.batch_size=32", "--config.num_epochs=3",
         "--config.log_every_steps=1", "--config.checkpoint_every_steps=100000",
-        "--config.eval_every_epochs=100"]
+        "--config.eval_every_epochs=100", "--verbosity=0"]  # INFO logs: train/loss per step
 
 
 def _main(workdir, *extra):

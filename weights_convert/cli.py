@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from faq_jax import converted, lazy_imports, models
+from faq_jax import console, converted, lazy_imports, models
 from weights_convert import cifar_resnet, mapping
 
 PARITY_TOL = 1e-4
@@ -281,6 +281,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=None,
                    help="classifier width (default: read off the weights)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--verbosity", type=int, default=None,
+                   help="0: INFO logs and the traceback of an error (default: quiet)")
     return p
 
 
@@ -367,12 +369,15 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns the exit status (0 on success)."""
+    """CLI entry point; returns the exit status (0 on success; bad input: one line
+    ``error: ...`` and 1, see ``faq_jax.console``)."""
     args = _parser().parse_args(argv)
+    console.configure(args.verbosity)
     try:
-        out = run(args)
-    except (ConvertError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        # ImportError: the convert extra (torch, torchvision) is missing.
+        with console.exit_on_error(extra=(ConvertError, ImportError)):
+            out = run(args)
+    except SystemExit as e:
+        return int(e.code or 0)
     print(f"wrote {out}")
     return 0

@@ -126,6 +126,26 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     return Plan(stages, policy)
 
 
+def check_dataset_size(config: ml_collections.ConfigDict, stages: set[str],
+                       num_train: int) -> None:
+    """Every batch the run will draw fits the ``num_train`` training examples: the
+    pretraining batch, the calibration and fine-tuning batches (each size of the batch
+    schedule). Called once the dataset is known, before any compute."""
+    batches = []  # (field, its value, a batch size it implies)
+    if "pretrain" in stages:
+        batches.append(("pretrain.batch_size", config.pretrain.batch_size,
+                        config.pretrain.batch_size))
+    if config.quant.enabled and stages & {"calibrate", "eval_quant", "finetune"}:
+        batches.append(("batch_size", config.batch_size, config.batch_size))
+    if config.quant.enabled and "finetune" in stages:
+        batches += [("batch_schedule", config.batch_schedule, b)
+                    for _, b in config.batch_schedule or ()]
+    for field, value, b in batches:
+        if b > num_train:
+            _fail(field, value, f"a batch of {b} exceeds the {num_train} training examples "
+                  f"of {config.data.name}; use at most {num_train}")
+
+
 def _check_multiple(field: str, v: int, n: int, of: str) -> None:
     """A batch size must split evenly over ``n`` devices; never changed silently."""
     if v % n:

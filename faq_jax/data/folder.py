@@ -6,6 +6,7 @@ Pure Python/NumPy file listing: no TensorFlow here. A dataset split is a :class:
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import tarfile
@@ -170,10 +171,14 @@ def extract_once(archive: str, cache_dir: str, field: str = "config.data.archive
         try:
             with tarfile.open(archive) as tar:
                 tar.extractall(tmp, filter="data")
-        except (tarfile.TarError, EOFError, zlib.error) as e:
+                # gzip checks its CRC only at the end of the stream, past the tar's last
+                # block: read on, or damage inside a member would pass unnoticed.
+                while tar.fileobj.read(1 << 20):
+                    pass
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
             raise ValueError(
                 f"{field}: cannot extract {archive!r} ({type(e).__name__}: {e}); the file is "
-                "truncated or not a tar archive: download or copy it again."
+                "truncated, corrupt or not a tar archive: download or copy it again."
             ) from e
         try:
             os.rename(tmp, target)

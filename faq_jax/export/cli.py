@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 from typing import Any
 
 import flax.linen as nn
 import ml_collections
+from etils import epath
 
-from faq_jax import checkpointing, models
+from faq_jax import checkpointing, console, models
 from faq_jax import policy as policy_lib
 from faq_jax import workdir as workdir_lib
 from faq_jax.export import exporter, intnet
@@ -31,11 +33,17 @@ def load_workdir(workdir: str, config_path: str | None = None
     ``calib.enabled=False``) and a workdir without a fine-tuned checkpoint.
     """
     workdir = workdir_lib.absolute(workdir)
+    if not epath.Path(workdir).is_dir():
+        raise ExportError(f"--workdir {workdir}: no such folder")
     config = workdir_lib.read_config(workdir, config_path)
     policy = policy_lib.from_config(config.quant, config.calib)
     if policy is None:
         raise ExportError(f"{workdir}: a float run (quant disabled); nothing to export")
-    summary = workdir_lib.read_summary(workdir)
+    try:
+        summary = workdir_lib.read_summary(workdir)
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{workdir}/{workdir_lib.SUMMARY} is corrupt ({e}); restore it "
+                          "from a backup (it holds the calibrated activation l's)") from e
     if "calibrated_lsb" not in summary and config.calib.enabled:
         raise ExportError(f"{workdir}: {workdir_lib.SUMMARY} has no calibrated_lsb: the "
                           "activation l's were never calibrated (run the calibrate stage, or "
@@ -63,20 +71,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--config", default=None, help="the run's config file (full policy)")
     ap.add_argument("--image_size", type=int, default=None,
                     help="input H = W (default: the run's data.image_size)")
+    ap.add_argument("--verbosity", type=int, default=None,
+                    help="0: INFO logs and the traceback of an error (default: quiet)")
     args = ap.parse_args(argv)
-    model, variables, config = load_workdir(args.workdir, args.config)
-    size = args.image_size or config.data.image_size
-    net = exporter.export(model, variables, input_shape=(size, size, 3),
-                          allow_uncalibrated=not config.calib.enabled)
-    intnet.save(net, args.out)
-    buf = io.StringIO()
-    buf.write(f"wrote {args.out}: {len(net.nodes)} nodes, {len(net.arrays)} arrays")
-    if args.onnx:
-        from faq_jax.export import onnx_writer  # noqa: PLC0415 - onnx is optional
-        onnx_writer.save(net, args.onnx)
-        buf.write(f"; {args.onnx}")
-    if args.onnx_int8:
-        from faq_jax.export import onnx_deploy  # noqa: PLC0415 - onnx is optional
-        onnx_deploy.save(net, args.onnx_int8, allow_uncalibrated=not config.calib.enabled)
-        buf.write(f"; {args.onnx_int8} (int8 deployment model)")
-    print(buf.getvalue())
+    console.configure(args.verbosity)
+    # Bad input ends with one line; NotImplementedError: a layer the exporter cannot write;
+    # ImportError: the export extra (onnx) is missing.
+    with console.exit_on_error(extra=(NotImplementedError, ImportError)):
+        model, variables, config = load_workdir(args.workdir, args.config)
+        size = args.image_size or config.data.image_size
+        net = exporter.export(model, variables, input_shape=(size, size, 3),
+                              allow_uncalibrated=not config.calib.enabled)
+        intnet.save(net, args.out)
+        buf = io.StringIO()
+        buf.write(f"wrote {args.out}: {len(net.nodes)} nodes, {len(net.arrays)} arrays")
+        if args.onnx:
+            from faq_jax.export import onnx_writer  # noqa: PLC0415 - onnx is optional
+            onnx_writer.save(net, args.onnx)
+            buf.write(f"; {args.onnx}")
+        if args.onnx_int8:
+            from faq_jax.export import onnx_deploy  # noqa: PLC0415 - onnx is optional
+            onnx_deploy.save(net, args.onnx_int8, allow_uncalibrated=not config.calib.enabled)
+            buf.write(f"; {args.onnx_int8} (int8 deployment model)")
+        print(buf.getvalue())

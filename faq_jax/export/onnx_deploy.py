@@ -556,7 +556,8 @@ def run(sess, *, images: np.ndarray | None = None, codes: np.ndarray | None = No
         ) -> np.ndarray:
     """float32 logits of a deployment session on normalised float NHWC ``images`` (quantized
     with the network's own input quantizer, ``executor.input_codes``) or on int8 NHWC
-    input ``codes``."""
+    input ``codes``. A session of the bit-exact model (``onnx_writer``) gives its int64
+    logit codes (scale: ``2^logits_l`` of its metadata)."""
     meta = sess.get_modelmeta().custom_metadata_map
     name = sess.get_inputs()[0].name
     if (images is None) == (codes is None):
@@ -566,6 +567,7 @@ def run(sess, *, images: np.ndarray | None = None, codes: np.ndarray | None = No
             images = np.ldexp(np.asarray(codes, np.float32), int(meta["input_l"]))
         return sess.run(None, {"x": np.asarray(images, np.float32).transpose(0, 3, 1, 2)})[0]
     if codes is None:
-        codes = np.asarray(quant.to_codes(images, bits=int(meta["input_bits"]),
+        # The bit-exact model (onnx_writer) records no input_bits: its input is int8.
+        codes = np.asarray(quant.to_codes(images, bits=int(meta.get("input_bits", 8)),
                                           lsb=int(meta["input_l"]), signed=True), np.int8)
     return sess.run(None, {"x_codes": np.asarray(codes, np.int8).transpose(0, 3, 1, 2)})[0]

@@ -18,7 +18,7 @@ port, pid, workdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
 
-from faq_jax import train  # noqa: E402
+from faq_jax import paired, train  # noqa: E402
 from faq_jax.config import demo  # noqa: E402
 
 c = demo.get_config()
@@ -34,5 +34,7 @@ for leaf in jax.tree.leaves(result["variables"]["params"]):
     h.update(np.ascontiguousarray(np.asarray(leaf, np.float32)).tobytes())
 print(f"RESULT process={jax.process_index()} count={jax.process_count()} "
       f"devices={jax.device_count()} params={h.hexdigest()} "
-      f"eval_count={result['quant_after']['count']} top1={result['quant_after']['top1']:.4f}",
-      flush=True)
+      f"eval_count={result['quant_after']['count']} top1={result['quant_after']['top1']:.4f} "
+      f"hits={hashlib.sha256(result['quant_after']['correct'].encode()).hexdigest()} "
+      f"hit_count={int(paired.unpack(result['quant_after']['correct'], 300).sum())} "
+      f"pairs={result['after_vs_before']['n']}", flush=True)

@@ -1,7 +1,8 @@
 """Entry point: ``python -m faq_jax.main [--config=configs/X.py] --workdir=DIR``.
 
 Without ``--config`` it runs the embedded default (digits, ResNet-20, fp32 -> W4A4).
-Overrides: ``--config.num_epochs=2 --config.quant.w_bits=4``. Multi-host: pass
+Overrides: ``--config.num_epochs=2 --config.quant.w_bits=4``; a workdir refuses a run whose
+config differs from the one it recorded unless ``--continue_changed``. Multi-host: pass
 ``--distributed`` (TPU pods and SLURM/GPU clusters discover their peers) or the explicit
 ``--coordinator_address/--num_processes/--process_id``.
 """
@@ -16,6 +17,8 @@ _DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config", "d
 config_flags.DEFINE_config_file("config", _DEFAULT, "Experiment config file (configs/*.py); "
                                 "default: the embedded digits demo.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard events and summary.json.")
+flags.DEFINE_bool("continue_changed", False, "Continue a workdir whose recorded config differs "
+                  "from this one on purpose; the changes are recorded in config_history.json.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
@@ -39,7 +42,8 @@ def main(argv: list[str]) -> None:
     logging.info("process %d of %d; %d local / %d global devices", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
     try:
-        train.train_and_evaluate(config, FLAGS.workdir)
+        train.train_and_evaluate(config, FLAGS.workdir,
+                                 continue_changed=FLAGS.continue_changed)
     except (ValueError, FileNotFoundError) as e:  # bad config, data, weights or workdir
         logging.error("%s", e)
         raise SystemExit(f"error: {e}") from None

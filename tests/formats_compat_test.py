@@ -136,10 +136,14 @@ def _old_workdir(tmp_path: pathlib.Path) -> tuple[ml_collections.ConfigDict, pat
     return config, wd
 
 
-def test_workdir_v1_resumes_and_exports(tmp_path):
+def test_workdir_v1_resumes_and_exports(tmp_path, caplog):
     config, wd = _old_workdir(tmp_path)
     before = json.loads((wd / "summary.json").read_text())
     result = train.train_and_evaluate(config, str(wd))
+    # Written before configs were recorded: accepted with a warning, its config recorded.
+    assert "written before faq_jax recorded the config" in caplog.text
+    assert [e["event"] for e in json.loads((wd / "config_history.json").read_text())] == \
+        ["adopted"]
     after = json.loads((wd / "summary.json").read_text())
     # Nothing retrained or recalibrated: the earlier results and l's are kept.
     for key in ("fp32", "quant_before", "calibrated_lsb"):

@@ -1,7 +1,8 @@
 """Entry point: ``python -m faq_jax.main [--config=configs/X.py] --workdir=DIR``.
 
 Without ``--config`` it runs the embedded default (digits, ResNet-20, fp32 -> W3A3).
-Overrides: ``--config.num_epochs=2 --config.quant.w_bits=4``. Multi-host: pass
+Overrides: ``--config.num_epochs=2 --config.quant.w_bits=4``; a workdir refuses a run whose
+config differs from the one it recorded unless ``--continue_changed``. Multi-host: pass
 ``--distributed`` (TPU pods and SLURM/GPU clusters discover their peers) or the explicit
 ``--coordinator_address/--num_processes/--process_id``. The console is quiet (progress
 bars, the result table, warnings); ``--verbosity=0`` brings back every INFO log and the
@@ -26,6 +27,9 @@ def _define_flags() -> None:
                                     "(configs/*.py); default: the embedded digits demo.",
                                     lock_config=True)
     flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard events and summary.json.")
+    flags.DEFINE_bool("continue_changed", False, "Continue a workdir whose recorded config "
+                      "differs from this one on purpose; the changes are recorded in "
+                      "config_history.json.")
     flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host).")
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
     flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
@@ -47,7 +51,8 @@ def main(argv: list[str]) -> None:
                                        FLAGS.process_id)
         from faq_jax import train  # noqa: PLC0415
 
-        train.train_and_evaluate(config, FLAGS.workdir)
+        train.train_and_evaluate(config, FLAGS.workdir,
+                                 continue_changed=FLAGS.continue_changed)
 
 
 def run() -> None:

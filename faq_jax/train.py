@@ -8,6 +8,7 @@ in ``workdir/summary.json``).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
@@ -77,24 +78,44 @@ def _quantizer_state(variables: dict[str, Any]) -> tuple[dict[str, Any], dict[st
     return variables.get("quant", {}), steps
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Runs the configured FAQ stages; returns (and writes) the summary of results."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       continue_changed: bool = False) -> dict[str, Any]:
+    """Runs the configured FAQ stages; returns (and writes) the summary of results.
+
+    Everything that can refuse the run is checked before anything is written: the config,
+    the workdir (its experiment and recorded config, :func:`workdir_lib.admit`; with
+    ``continue_changed`` a changed config continues on purpose and is recorded), the labels
+    against ``num_classes`` and the policy rules against the model. Then the run holds the
+    workdir's lock while it records its config and runs.
+    """
     stages, pol = config_check.validate(config)
     info = data_lib.dataset_info(config)  # before the workdir is touched, like validate
     config_check.check_dataset_size(config, stages, info.num_train)
     workdir = workdir_lib.absolute(workdir)
-    workdir_lib.check_experiment(workdir, config_check.experiment_id(config))
-    workdir_lib.write_config(workdir, config)  # the latest run's, for export and audit
-    writer = trainer.clu()[0].create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    admit = functools.partial(workdir_lib.admit, workdir, config,
+                              config_check.experiment_id(config),
+                              continue_changed=continue_changed)
+    admit()
+    data_lib.check_labels(config)
+    dtype = layers.COMPUTE_DTYPES[config.compute_dtype]
+    float_model = models.create(config.arch, num_classes=config.num_classes, dtype=dtype)
+    quant_model = None if pol is None else models.create(  # checks that every rule names a layer
+        config.arch, policy=pol, num_classes=config.num_classes, dtype=dtype)
+    with workdir_lib.run_lock(workdir):
+        workdir_lib.record(admit())  # checked again under the lock
+        return _run_stages(config, workdir, stages, info, float_model, quant_model)
+
+
+def _run_stages(config: ml_collections.ConfigDict, workdir: str, stages: set[str],
+                info: data_lib.DatasetInfo, float_model, quant_model) -> dict[str, Any]:
+    """train_and_evaluate's stages, in a workdir this run holds."""
+    writer = trainer.clu()[0].create_default_writer(
+        workdir, just_logging=jax.process_index() > 0 or not workdir_lib.writable(workdir))
     writer.write_hparams({k: v for k, v in config.to_dict().items()
                           if isinstance(v, (int, float, str, bool))})
     logging.info("process %d/%d, devices: %s", jax.process_index(), jax.process_count(),
                  jax.devices())
     mesh = sharding.make_mesh()
-    dtype = layers.COMPUTE_DTYPES[config.compute_dtype]
-    float_model = models.create(config.arch, num_classes=config.num_classes, dtype=dtype)
-    quant_model = None if pol is None else models.create(
-        config.arch, policy=pol, num_classes=config.num_classes, dtype=dtype)
     variables = _initial_variables(config, float_model, quant_model, info.image_shape)
     try:
         summary = workdir_lib.read_summary(workdir)
@@ -103,8 +124,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             f"{os.path.join(workdir, workdir_lib.SUMMARY)} is corrupt ({e}): it holds this "
             "workdir's results and calibrated l's. Restore it from a backup, or use a new "
             "--workdir.") from e
-    summary.update(arch=config.arch, w_bits=config.quant.w_bits if pol else None,
-                   a_bits=config.quant.a_bits if pol else None)
+    quantized = quant_model is not None
+    summary.update(arch=config.arch, w_bits=config.quant.w_bits if quantized else None,
+                   a_bits=config.quant.a_bits if quantized else None)
     finetune_dir = workdir_lib.finetune_dir(workdir)
     resumed_finetune = quant_model is not None and \
         checkpointing.latest_step(finetune_dir) is not None
@@ -153,7 +175,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                                  summary["quant_after"])
         workdir_lib.write_summary(workdir, summary)
     writer.flush()
-    console.show(_result_table(summary, policy_lib.describe(pol), workdir))
+    console.show(_result_table(summary, policy_lib.describe(
+        quant_model.policy if quant_model is not None else None), workdir))
     return {**summary, "variables": variables}
 
 

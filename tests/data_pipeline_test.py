@@ -494,3 +494,19 @@ def test_digits_augmentation_is_the_same_for_any_process_count():
     plain = demo.get_config()
     assert not np.array_equal(next(pipeline.train_batches(
         plain, local_batch_size=8))["image"], one["image"])  # the shifts did something
+
+
+def test_labels_beyond_num_classes_are_refused(folder_config, imagenet_config):
+    """Labels are checked where they are known before training: the folder's classes (the
+    largest named), the digits, TFDS ImageNet's metadata."""
+    for config, ok, message in (
+            (folder_config, 3, r"num_classes=2, but the train split of folder \(.*train\) has "
+             r"label 2 \('fox'\).*--config.num_classes=3"),
+            (make_config(name="digits", image_size=8), 10, r"digits has label 9"),
+            (imagenet_config, 1000, r"imagenet2012 \(its metadata\) has label 999")):
+        config = ml_collections.ConfigDict(config.to_dict())
+        config.num_classes = ok
+        pipeline.check_labels(config)
+        config.num_classes = 2
+        with pytest.raises(ValueError, match=message):
+            pipeline.check_labels(config)

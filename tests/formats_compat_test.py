@@ -136,10 +136,14 @@ def _old_workdir(tmp_path: pathlib.Path) -> tuple[ml_collections.ConfigDict, pat
     return config, wd
 
 
-def test_workdir_v1_resumes_and_exports(tmp_path):
+def test_workdir_v1_resumes_and_exports(tmp_path, caplog):
     config, wd = _old_workdir(tmp_path)
     before = json.loads((wd / "summary.json").read_text())
     result = train.train_and_evaluate(config, str(wd))
+    # Written before configs were recorded: accepted with a warning, its config recorded.
+    assert "written before faq_jax recorded the config" in caplog.text
+    assert [e["event"] for e in json.loads((wd / "config_history.json").read_text())] == \
+        ["adopted"]
     after = json.loads((wd / "summary.json").read_text())
     # Nothing retrained or recalibrated: the earlier results and l's are kept.
     for key in ("fp32", "quant_before", "calibrated_lsb"):
@@ -151,3 +155,12 @@ def test_workdir_v1_resumes_and_exports(tmp_path):
     net = export.export(model, variables, input_shape=(8, 8, 3))
     assert {n["path"]: n["l"] for n in net.nodes if n["op"] == "requant"} == \
         {k: int(v) for k, v in before["calibrated_lsb"].items()}
+
+
+def test_workdir_v1_mid_fine_tuning_exports_saying_its_step(tmp_path, capsys):
+    _, wd = _old_workdir(tmp_path)
+    summary = json.loads((wd / "summary.json").read_text())
+    del summary["quant_after"]  # fine-tuning not finished
+    (wd / "summary.json").write_text(json.dumps(summary))
+    export_cli.main(["--workdir", str(wd), "--out", str(tmp_path / "net.npz")])
+    assert "exported step 2: fine-tuning has not finished" in capsys.readouterr().out

@@ -36,8 +36,8 @@ def test_sigterm_saves_and_restart_resumes(tmp_path):
     assert p.returncode != 0 and "preempted: checkpoint saved at step" in log, log[-3000:]
     saved = [int(s) for s in os.listdir(wd / "checkpoints") if s.isdigit()]
     assert saved and max(saved) < 3 * (1497 // 32)
-    # The same command resumes from that step and finishes.
-    q = _main(wd, "--config.max_steps=" + str(max(saved) + 2))
+    # The same command resumes from that step and finishes (stopping early on purpose).
+    q = _main(wd, "--config.max_steps=" + str(max(saved) + 2), "--continue_changed")
     out, _ = q.communicate(timeout=600)
     assert q.returncode == 0, out[-3000:]
     assert f"resumed from {wd / 'checkpoints'} at step {max(saved)}" in out

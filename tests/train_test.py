@@ -1,8 +1,13 @@
 """The FAQ job end to end on the embedded digits: stages, resume, and bad input."""
 
+import hashlib
 import json
 import os
+import re
+import shutil
 import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -41,7 +46,8 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     # Same experiment, stopped after 3 updates, then restarted with the full budget.
     train.train_and_evaluate(_config(max_steps=3), str(tmp_path / "b"))
     assert "3" in os.listdir(tmp_path / "b" / "checkpoints")
-    resumed = train.train_and_evaluate(_config(max_steps=6), str(tmp_path / "b"))
+    resumed = train.train_and_evaluate(_config(max_steps=6), str(tmp_path / "b"),
+                                       continue_changed=True)
     for a, b in zip(_params(straight), _params(resumed), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     for a, b in zip(jax.tree.leaves(straight["variables"]["quant"]),
@@ -83,9 +89,11 @@ def test_bad_config_values_fail_before_compute(tmp_path):
 
 
 def test_workdir_of_another_experiment_is_refused(tmp_path):
-    workdir.check_experiment(str(tmp_path), {"arch": "resnet50", "w_bits": 8})
+    (tmp_path / "experiment.json").write_text(json.dumps({"arch": "resnet50", "w_bits": 8}))
+    (tmp_path / "summary.json").write_text(json.dumps({"fp32": {"top1": 76.1}}))
     with pytest.raises(ValueError, match="holds another experiment.*arch"):
         train.train_and_evaluate(_config(), str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["experiment.json", "summary.json"]
 
 
 def test_corrupt_checkpoint_is_reported_and_kept(tmp_path):
@@ -97,7 +105,8 @@ def test_corrupt_checkpoint_is_reported_and_kept(tmp_path):
         p.write_bytes(b"\0" * 17)
     before = sorted(str(p) for p in ckpt.rglob("*"))
     with pytest.raises(workdir.CheckpointError, match="cannot restore checkpoint step 1"):
-        train.train_and_evaluate(_config(max_steps=2, stages="finetune"), str(wd))
+        train.train_and_evaluate(_config(max_steps=2, stages="finetune"), str(wd),
+                                 continue_changed=True)
     assert sorted(str(p) for p in ckpt.rglob("*")) == before  # nothing overwritten
     assert "2" not in os.listdir(wd / "checkpoints")
 
@@ -145,7 +154,8 @@ def test_relative_workdir_and_sigterm_handler_given_back(tmp_path, monkeypatch):
 def test_checkpoint_past_the_configured_end_is_refused(tmp_path):
     train.train_and_evaluate(_config(max_steps=2, stages="finetune"), str(tmp_path))
     with pytest.raises(workdir.CheckpointError, match="step 2, past this run's last step 1"):
-        train.train_and_evaluate(_config(max_steps=1, stages="finetune"), str(tmp_path))
+        train.train_and_evaluate(_config(max_steps=1, stages="finetune"), str(tmp_path),
+                                 continue_changed=True)
     assert checkpointing.latest_step(str(tmp_path / "checkpoints")) == 2
 
 
@@ -159,7 +169,7 @@ def test_quantized_stages_never_run_uncalibrated(tmp_path):
     assert implicit["quant_before"] == explicit["quant_before"]
     # A later 'finetune' alone in the same workdir reuses the l's calibrated there.
     later = train.train_and_evaluate(_config(stages="finetune", max_steps=1),
-                                     str(tmp_path / "b"))
+                                     str(tmp_path / "b"), continue_changed=True)
     for a, b in zip(jax.tree.leaves(later["variables"]["quant"]),
                     jax.tree.leaves(explicit["variables"]["quant"]), strict=True):
         assert float(a) == float(b)
@@ -205,3 +215,81 @@ def test_lsq_run_end_to_end(tmp_path):
     export_cli.main(["--workdir", str(wd), "--out", str(tmp_path / "net.npz")])
     with pytest.raises(workdir.CheckpointError, match="another experiment.*method"):
         train.train_and_evaluate(_config(stages="calibrate"), str(wd))
+
+
+def test_labels_beyond_num_classes_are_refused_before_writing(tmp_path):
+    with pytest.raises(ValueError, match=r"num_classes=5, but the train split of "
+                       r"scikit-learn's digits has label 9.*--config.num_classes=10"):
+        train.train_and_evaluate(_config(num_classes=5), str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()
+
+
+def test_an_empty_workdir_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="--workdir= names no folder"):
+        train.train_and_evaluate(_config(), "")
+    assert os.listdir(tmp_path) == []
+
+
+def _hashes(root):
+    """sha256 of every file under ``root`` (what a refused run must leave as it is)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _read_only_prefix() -> list[str]:
+    """A command prefix under which chmod a-w holds (root ignores it unless it drops
+    CAP_DAC_OVERRIDE)."""
+    if os.geteuid() != 0:
+        return []
+    if not shutil.which("setpriv"):
+        pytest.skip("root without setpriv: a read-only folder cannot be made")
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}"]
+
+
+@pytest.mark.slow
+def test_one_workdir_holds_one_experiment(tmp_path, monkeypatch):
+    """A bad rule writes nothing; a finished smoke run refuses the real command (changed
+    max_steps or paper_rules) leaving every file as it was, refuses a concurrent run,
+    re-evaluates read-only, and continues on purpose with the change recorded."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    wd = tmp_path / "w"
+    with pytest.raises(ValueError, match="layer9_9"):
+        train.train_and_evaluate(_config(max_steps=2, **{"quant.rules": (("layer9_9/conv1", 4,
+                                                                          None),)}), "~/w")
+    assert not wd.exists()  # so the corrected command runs (`~` expanded)
+    train.train_and_evaluate(_config(max_steps=2), "~/w")
+    before = _hashes(wd)
+    for overrides, change in (({"max_steps": 5}, "max_steps 2 -> 5"),
+                              ({"quant.paper_rules": False}, "quant.paper_rules True -> False")):
+        with pytest.raises(workdir.CheckpointError, match=re.escape(change)):
+            train.train_and_evaluate(_config(**{"max_steps": 2, **overrides}), str(wd))
+        assert _hashes(wd) == before
+    with workdir.run_lock(str(wd)):
+        with pytest.raises(workdir.CheckpointError, match="another run is working"):
+            train.train_and_evaluate(_config(max_steps=2), str(wd))
+    assert _hashes(wd) == before
+
+    # Read-only: the finished run is evaluated again (a free field changed), nothing written.
+    ro = tmp_path / "ro"
+    shutil.copytree(wd, ro)
+    subprocess.run(["chmod", "-R", "a-w", str(ro)], check=True)
+    args = ["--config.stages=calibrate,finetune", "--config.batch_size=32",
+            "--config.eval_batch_size=152", "--config.num_epochs=1", "--config.max_steps=2",
+            "--config.log_every_steps=5", "--config.checkpoint_every_steps=1000"]
+    out = subprocess.run([*_read_only_prefix(), sys.executable, "-m", "faq_jax.main",
+                          f"--workdir={ro}", *args], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"{json.loads((ro / 'summary.json').read_text())['quant_after']['top1']:7.2f}" \
+        in out.stdout
+    assert _hashes(ro) == before
+    subprocess.run(["chmod", "-R", "u+w", str(ro)], check=True)
+
+    result = train.train_and_evaluate(_config(max_steps=3, log_every_steps=1), str(wd),
+                                      continue_changed=True)
+    history = json.loads((wd / workdir.HISTORY).read_text())
+    assert [e["event"] for e in history] == ["created", "continued"]
+    assert history[-1]["changes"] == {"max_steps": [2, 3]}  # log_every_steps is free
+    assert checkpointing.latest_step(str(wd / "checkpoints")) == 3
+    assert result["quant_after"]["count"] == 300

@@ -178,6 +178,35 @@ def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
     )
 
 
+def check_labels(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError when the data holds a label >= ``config.num_classes`` (a model with
+    fewer outputs would train and evaluate on it silently). Labels are read where they are
+    in memory (digits, image folders, CIFAR-10); TFDS ImageNet gives its class count."""
+    data, n = config.data, config.num_classes
+    if data.name == "digits":
+        d = digits.load()
+        splits = {"train": d.train_y, "eval": d.eval_y}
+        source, names = "scikit-learn's digits", None
+    elif data.name == "imagenet2012":
+        top = dataset_info(config).num_classes - 1
+        splits, source, names = {"train": np.array([top])}, "TFDS imagenet2012 (its metadata)", None
+    else:
+        train, evaluation = _splits(data)
+        splits = {"train": train.labels, "eval": evaluation.labels}
+        where = data.train_dir if data.name == "folder" else (data.archive or data.data_dir)
+        source, names = f"{data.name} ({where})", train.classes
+    found = {split: int(labels.max()) for split, labels in splits.items() if len(labels)}
+    if not found or max(found.values()) < n:
+        return
+    split, top = max(found.items(), key=lambda kv: kv[1])
+    label = f"{top} ({names[top]!r})" if names and top < len(names) else f"{top}"
+    raise ValueError(
+        f"config.num_classes={n}, but the {split} split of {source} has label {label}: the "
+        f"data has at least {top + 1} classes. Set --config.num_classes={top + 1} (a converted "
+        "checkpoint's classifier must have as many outputs), or point config.data at the "
+        "dataset you meant.")
+
+
 def num_eval_batches(
     config: ml_collections.ConfigDict, *, local_batch_size: int, process_count: int
 ) -> int:

@@ -51,10 +51,19 @@ def load_workdir(workdir: str, config_path: str | None = None
     ckdir = workdir_lib.finetune_dir(workdir)
     if checkpointing.latest_step(ckdir) is None:
         raise ExportError(f"{ckdir}: no fine-tuned checkpoint")
-    _, state = checkpointing.restore_latest(ckdir)
+    step, state = checkpointing.restore_latest(ckdir)
     variables = {k: state[k] for k in ("params", "batch_stats", "quant")}
     model = models.create(config.arch, policy=policy, num_classes=config.num_classes)
     return model, variables, config
+
+
+def exported_step(workdir: str, step: int) -> str:
+    """Which checkpoint an export reads: its step, and whether fine-tuning had finished
+    (``summary.json`` holds ``quant_after`` only then)."""
+    if "quant_after" in workdir_lib.read_summary(workdir):
+        return f"step {step}, the end of fine-tuning"
+    return (f"step {step}: fine-tuning has not finished ({workdir_lib.SUMMARY} has no "
+            "quant_after), so this is an intermediate checkpoint")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,6 +93,9 @@ def main(argv: list[str] | None = None) -> None:
                               allow_uncalibrated=not config.calib.enabled)
         intnet.save(net, args.out)
         buf = io.StringIO()
+        workdir = workdir_lib.absolute(args.workdir)
+        step = checkpointing.latest_step(workdir_lib.finetune_dir(workdir))
+        buf.write(f"exported {exported_step(workdir, step)}\n")
         buf.write(f"wrote {args.out}: {len(net.nodes)} nodes, {len(net.arrays)} arrays")
         if args.onnx:
             from faq_jax.export import onnx_writer  # noqa: PLC0415 - onnx is optional

@@ -1,8 +1,9 @@
 """ONNX form of an exported integer network, op for op the arithmetic of the executor.
 
 Integer mode (default): convolutions and dense layers as exact float32 ``Conv`` / ``MatMul``
-of the integer codes where a static bound proves every partial sum is an integer below 2^24,
-else ``ConvInteger`` / ``MatMulInteger`` with int32 accumulators (``conv_impl`` chooses;
+of the integer codes where a static bound proves every partial sum is an integer below 2^24
+(and, by default, the input is at most 32x32), else ``ConvInteger`` / ``MatMulInteger`` with
+int32 accumulators (``conv_impl`` chooses;
 ``"float"`` splits the input channels into groups that each stay below the bound), and
 ``Mul``/``Add``/``Div``/``Mod``/``Clip``/``Cast`` in int32 where a static bound (max input
 code x per-channel sum |w|) proves it fits, else int64: a folded
@@ -75,6 +76,9 @@ class GraphBuilder:
 
 CONV_IMPLS = ("auto", "float", "integer")
 EXACT_F32 = 2**24  # float32 holds every integer of magnitude <= 2^24 exactly
+# "auto" runs a conv in float32 up to this input size (H x W): 2x ConvInteger's throughput
+# at 32x32, none at 224x224 (onnxruntime 1.32, 2-core AVX-512 CPU; benchmarks/inference.py)
+FLOAT_CONV_MAX_PIXELS = 32 * 32
 
 
 def channel_groups(per_input: np.ndarray, limit: int = EXACT_F32) -> list[tuple[int, int]] | None:
@@ -179,8 +183,9 @@ def _conv(w: _Writer, node: dict[str, Any], x: _Val, wq: np.ndarray, path: str,
     if node["groups"] != 1:  # grouped convs are not split: all or nothing
         per_input = per_input.sum(axis=0, keepdims=True)
     groups = None if w.conv_impl == "integer" else channel_groups(per_input)
-    if w.conv_impl == "auto" and groups is not None and len(groups) > 1:
-        groups = None  # split float convs measured slower than one ConvInteger
+    if w.conv_impl == "auto" and groups is not None and (
+            len(groups) > 1 or x.shape[0] * x.shape[1] > FLOAT_CONV_MAX_PIXELS):
+        groups = None  # measured no faster than one ConvInteger (docs/export.md)
     if groups is not None:  # exact float32 convolution(s), summed in int32
         xf, parts = w.as_float(x), []
         for lo, hi in groups:
@@ -477,10 +482,10 @@ def to_onnx(net: intnet.IntegerNetwork, *, float_mode: bool = False, conv_impl: 
     """The ONNX model of ``net`` (integer arithmetic; ``float_mode``: the fp32 baseline).
 
     ``conv_impl="auto"`` runs a convolution as one float32 ``Conv`` where every partial sum
-    is an integer below 2^24 (exact; onnxruntime's float kernels beat ConvInteger), else as
-    ``ConvInteger``; ``"float"`` always in float32 (input channels split into exact groups
-    where needed), ``"integer"`` always ``ConvInteger``/``MatMulInteger``. All give the same
-    bits.
+    is an integer below 2^24 (exact) and its input is at most 32x32 (where onnxruntime's
+    float kernels beat ConvInteger), else as ``ConvInteger``; ``"float"`` always in float32
+    (input channels split into exact groups where needed), ``"integer"`` always
+    ``ConvInteger``/``MatMulInteger``. All give the same bits.
     """
     if conv_impl not in CONV_IMPLS:
         raise ValueError(f"conv_impl={conv_impl!r}; choose one of {CONV_IMPLS}")

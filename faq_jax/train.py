@@ -9,7 +9,6 @@ in ``workdir/summary.json``).
 from __future__ import annotations
 
 import functools
-import json
 import os
 from typing import Any
 
@@ -117,13 +116,7 @@ def _run_stages(config: ml_collections.ConfigDict, workdir: str, stages: set[str
                  jax.devices())
     mesh = sharding.make_mesh()
     variables = _initial_variables(config, float_model, quant_model, info.image_shape)
-    try:
-        summary = workdir_lib.read_summary(workdir)
-    except json.JSONDecodeError as e:
-        raise workdir_lib.CheckpointError(
-            f"{os.path.join(workdir, workdir_lib.SUMMARY)} is corrupt ({e}): it holds this "
-            "workdir's results and calibrated l's. Restore it from a backup, or use a new "
-            "--workdir.") from e
+    summary = workdir_lib.read_summary(workdir)
     quantized = quant_model is not None
     summary.update(arch=config.arch, w_bits=config.quant.w_bits if quantized else None,
                    a_bits=config.quant.a_bits if quantized else None)

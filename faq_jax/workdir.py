@@ -86,9 +86,9 @@ def write_json(path: epath.PathLike, obj: Any) -> None:
 
 
 def read_summary(workdir: str) -> dict[str, Any]:
-    """``summary.json`` ({} before the first result)."""
+    """``summary.json`` ({} before the first result); CheckpointError naming it if corrupt."""
     path = epath.Path(workdir) / SUMMARY
-    return json.loads(path.read_text()) if path.exists() else {}
+    return _read_json(path, "the results and calibrated l's") if path.exists() else {}
 
 
 def write_summary(workdir: str, summary: dict[str, Any]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 from typing import Any
 
 import flax.linen as nn
@@ -39,11 +38,7 @@ def load_workdir(workdir: str, config_path: str | None = None
     policy = policy_lib.from_config(config.quant, config.calib)
     if policy is None:
         raise ExportError(f"{workdir}: a float run (quant disabled); nothing to export")
-    try:
-        summary = workdir_lib.read_summary(workdir)
-    except json.JSONDecodeError as e:
-        raise ExportError(f"{workdir}/{workdir_lib.SUMMARY} is corrupt ({e}); restore it "
-                          "from a backup (it holds the calibrated activation l's)") from e
+    summary = workdir_lib.read_summary(workdir)
     if "calibrated_lsb" not in summary and config.calib.enabled:
         raise ExportError(f"{workdir}: {workdir_lib.SUMMARY} has no calibrated_lsb: the "
                           "activation l's were never calibrated (run the calibrate stage, or "

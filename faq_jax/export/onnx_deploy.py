@@ -290,16 +290,9 @@ class _Graph:
         stride, before, after = node["args"]
         v = self.unsqueeze(v)
         v = v if v.is_codes else self.floats(v)
-        c_ax, (h_ax, w_ax) = (1, (2, 3)) if v.nchw else (3, (1, 2))
-        w = self.w
-        y = w.op("Slice", [v.name, w.const(np.asarray([0, 0], I64)),
-                           w.const(np.asarray(v.shape[:2], I64)),
-                           w.const(np.asarray([h_ax, w_ax], I64)),
-                           w.const(np.asarray([stride, stride], I64))])
-        pads = np.zeros(8, I64)
-        pads[c_ax], pads[4 + c_ax] = before, after
-        pad_value = [] if v.zp is None else [w.const(np.asarray(v.zp, np.uint8))]
-        y = w.op("Pad", [y, w.const(pads), *pad_value])  # zero channels (code = zero point)
+        # zero channels: code = zero point (codes), or 0.0 (floats)
+        pad_value = None if v.zp is None else self.w.const(np.asarray(v.zp, np.uint8))
+        y = self.w.subsample_pad(v.name, v.shape[:2], v.nchw, stride, before, after, pad_value)
         return dataclasses.replace(v, name=y, shape=node["shape_out"])
 
     def adaptive(self, node, v: _V) -> _V:

@@ -73,6 +73,19 @@ class GraphBuilder:
         self.nodes.append(helper.make_node(op_type, inputs, [out], **attrs))
         return out
 
+    def subsample_pad(self, x: str, hw: list[int], nchw: bool, stride: int, before: int,
+                      after: int, pad_value: str | None = None) -> str:
+        """The option-A shortcut: ``x[:, ::stride, ::stride, :]`` in x's physical layout,
+        then ``before``/``after`` channels of ``pad_value`` (a constant's name; default 0)."""
+        h_ax, w_ax, c_ax = (2, 3, 1) if nchw else (1, 2, 3)
+        y = self.op("Slice", [x, self.const(np.asarray([0, 0], I64)),
+                              self.const(np.asarray(hw, I64)),
+                              self.const(np.asarray([h_ax, w_ax], I64)),
+                              self.const(np.asarray([stride, stride], I64))])
+        pads = np.zeros(8, I64)
+        pads[c_ax], pads[4 + c_ax] = before, after
+        return self.op("Pad", [y, self.const(pads), *([pad_value] if pad_value else [])])
+
 
 CONV_IMPLS = ("auto", "float", "integer")
 EXACT_F32 = 2**24  # float32 holds every integer of magnitude <= 2^24 exactly
@@ -361,14 +374,8 @@ def _subsample_pad(w: _Writer, node, x: _Val) -> _Val:
     if np.any(np.asarray(x.d) != 1):
         raise intnet.ExportError(f"{node.get('path', 'subsample_pad')}: input is an "
                                      "unrounded average; re-quantize it first")
-    h_ax, w_ax, c_ax = (2, 3, 1) if x.nchw else (1, 2, 3)
-    y = w.op("Slice", [x.name, w.const(np.asarray([0, 0], I64)),
-                       w.const(np.asarray(x.shape[:2], I64)),
-                       w.const(np.asarray([h_ax, w_ax], I64)),
-                       w.const(np.asarray([stride, stride], I64))])
-    pads = np.zeros(8, I64)
-    pads[c_ax], pads[4 + c_ax] = before, after
-    y = w.op("Pad", [y, w.const(pads)])  # constant mode, value 0
+    y = w.subsample_pad(x.name, x.shape[:2], x.nchw, stride, before, after)
+    c_ax = 1 if x.nchw else 3
     bound = x.bound
     if bound is not None and np.ndim(bound) == 4 and np.shape(bound)[c_ax] > 1:
         width = [(0, 0)] * 4

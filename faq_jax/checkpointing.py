@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from faq_jax import sharding, workdir
+from faq_jax import console, sharding, workdir
 from faq_jax.workdir import CheckpointError
 
 
@@ -97,8 +97,9 @@ def restore_latest(directory: str) -> tuple[int, dict[str, Any]]:
 class Checkpointer:
     """Periodic + final saves of a TrainState under ``directory``, and restore.
 
-    While open it owns SIGTERM (a preemption notice: save at the next step, then stop);
-    :meth:`close` gives the previous handler back.
+    While open it owns SIGTERM (a preemption notice: save at the next step, then stop) and,
+    in a single-process job, SIGINT (Ctrl-C: the same; a second Ctrl-C stops at once);
+    :meth:`close` gives the previous handlers back.
     """
 
     def __init__(self, directory: str, *, keep: int = 2, save_every_steps: int = 1000):
@@ -107,13 +108,28 @@ class Checkpointer:
                                                save_interval_steps=max(1, save_every_steps))
         self.manager = ocp.CheckpointManager(self.directory, options=options)
         self._sigterm = threading.Event()
-        self._previous = None
+        self._sigint = threading.Event()
+        self._previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_sigterm)
+            if jax.process_count() == 1:  # other processes would never join the save
+                self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_sigint)
 
     def _on_sigterm(self, signum, frame):  # noqa: ARG002 - signal signature
         logging.warning("SIGTERM received: saving a checkpoint at the next step, then exiting.")
         self._sigterm.set()
+
+    def _on_sigint(self, signum, frame):  # noqa: ARG002 - signal signature
+        if self._sigint.is_set():  # the second Ctrl-C: stop now, as Python would
+            raise KeyboardInterrupt
+        console.warn("Ctrl-C: saving a checkpoint at the next step, then stopping "
+                     "(Ctrl-C again to stop at once, losing the steps since the last one).")
+        self._sigint.set()
+
+    @property
+    def stop_reason(self) -> str:
+        """Why :meth:`should_stop` said stop: ``"interrupted"`` (Ctrl-C) or ``"preempted"``."""
+        return "interrupted" if self._sigint.is_set() else "preempted"
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -135,7 +151,7 @@ class Checkpointer:
         With several processes only JAX's preemption sync point counts: a SIGTERM seen by
         one process alone would send it into a collective save the others never join.
         """
-        if jax.process_count() == 1 and self._sigterm.is_set():
+        if jax.process_count() == 1 and (self._sigterm.is_set() or self._sigint.is_set()):
             return True
         return self.manager.reached_preemption(step)
 
@@ -149,5 +165,6 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}

@@ -9,7 +9,7 @@ errors.
   seconds and when the stage ends. Only process 0 of a multi-host job draws.
 - :func:`exit_on_error`: bad input (a config value, a file, a workdir, a checkpoint, a
   diverged run) ends the program with status 1 and one line ``error: what, where, how to
-  fix``; an unexpected exception (a bug) keeps its traceback.
+  fix``; an unexpected exception (a bug) keeps its traceback; Ctrl-C ends with one line.
 """
 
 from __future__ import annotations
@@ -160,9 +160,16 @@ def is_user_error(e: BaseException, extra: tuple[type[BaseException], ...] = ())
 @contextlib.contextmanager
 def exit_on_error(extra: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
     """Turns a user error (:func:`is_user_error`) into ``error: ...`` on stderr and exit
-    status 1; with :func:`verbose`, the traceback comes first. Other exceptions pass."""
+    status 1; with :func:`verbose`, the traceback comes first. Other exceptions pass. Ctrl-C
+    ends with ``interrupted`` and status 130 (a training run saves first: see
+    :class:`faq_jax.checkpointing.Checkpointer`)."""
     try:
         yield
+    except KeyboardInterrupt:
+        if verbose():
+            raise
+        print("interrupted", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
     except Exception as e:
         if not is_user_error(e, extra):
             raise

@@ -195,7 +195,7 @@ class Trainer:
                                           save_every_steps=self.config.checkpoint_every_steps)
         try:
             return self._loop(state, ckpt)
-        finally:  # saves in flight complete; SIGTERM goes back to its previous handler
+        finally:  # saves in flight complete; SIGTERM/SIGINT go back to their previous handlers
             ckpt.close()
 
     def _train_step(self) -> Callable[..., tuple[steps.TrainState, steps.Metrics]]:
@@ -277,8 +277,8 @@ class Trainer:
                     _flush(pending, writer, 0.0)
                     if ckpt.latest_step() != done:  # the periodic save may have written it
                         ckpt.save(done, state, force=True)
-                    raise SystemExit(f"preempted: checkpoint saved at step {done} in "
-                                     f"{ckpt.directory}")
+                    raise SystemExit(f"{ckpt.stop_reason}: checkpoint saved at step {done} in "
+                                     f"{ckpt.directory}; the same command resumes from it")
                 if end_of_epoch and (epoch + 1) % max(1, config.eval_every_epochs) == 0 \
                         and done < total:
                     r = self.evaluator(state.variables(), done,

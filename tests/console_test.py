@@ -114,6 +114,13 @@ def test_corrupt_cifar_archive_names_the_file(tmp_path):
     _one_line_error(r, str(archive), "corrupt")
 
 
+def test_ctrl_c_outside_training_is_one_line(capsys, monkeypatch):
+    monkeypatch.setattr(console, "verbose", lambda: False)  # the default console
+    with pytest.raises(SystemExit) as e, console.exit_on_error():
+        raise KeyboardInterrupt
+    assert e.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+
+
 def test_export_errors_are_one_line(tmp_path):
     r = _cli("faq_jax.export", "--workdir", str(tmp_path / "nope"), "--out", "x.npz",
              cwd=tmp_path)

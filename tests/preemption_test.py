@@ -1,4 +1,5 @@
-"""SIGTERM to a running job: it saves a checkpoint, exits, and the restart resumes."""
+"""SIGTERM (preemption) or Ctrl-C to a running job: it saves a checkpoint, exits, and the
+restart resumes."""
 
 import os
 import signal
@@ -21,7 +22,9 @@ def _main(workdir, *extra):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_restart_resumes(tmp_path):
+@pytest.mark.parametrize(("signum", "said"), [(signal.SIGTERM, "preempted"),
+                                              (signal.SIGINT, "interrupted")])
+def test_stop_signal_saves_and_restart_resumes(tmp_path, signum, said):
     wd = tmp_path / "w"
     p = _main(wd)
     lines = []
@@ -30,12 +33,15 @@ def test_sigterm_saves_and_restart_resumes(tmp_path):
         lines.append(line)
         if "train/loss" in line or time.time() > deadline:
             break
-    p.send_signal(signal.SIGTERM)
+    p.send_signal(signum)
     out, _ = p.communicate(timeout=300)
     log = "".join(lines) + out
-    assert p.returncode != 0 and "preempted: checkpoint saved at step" in log, log[-3000:]
+    assert p.returncode != 0 and f"{said}: checkpoint saved at step" in log, log[-3000:]
+    assert "Traceback" not in log.split("train/loss")[-1]
     saved = [int(s) for s in os.listdir(wd / "checkpoints") if s.isdigit()]
     assert saved and max(saved) < 3 * (1497 // 32)
+    if signum == signal.SIGINT:
+        return  # the stop is the same from here on: resuming is checked once, below
     # The same command resumes from that step and finishes (stopping early on purpose).
     q = _main(wd, "--config.max_steps=" + str(max(saved) + 2), "--continue_changed")
     out, _ = q.communicate(timeout=600)

@@ -128,6 +128,19 @@ def test_sigterm_requests_a_checkpointed_stop(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is not ckpt._on_sigterm
 
 
+def test_ctrl_c_requests_a_checkpointed_stop_and_a_second_stops_at_once(tmp_path):
+    ckpt = checkpointing.Checkpointer(str(tmp_path / "c"))
+    try:
+        assert not ckpt.should_stop(1)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert ckpt.should_stop(1) and ckpt.stop_reason == "interrupted"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        ckpt.close()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_nan_state_is_never_checkpointed(tmp_path):
     """Checkpoints (every 3 steps) fall between log steps (every 4): losses are checked first."""
     cfg = _config(max_steps=6, stages="finetune", log_every_steps=4, checkpoint_every_steps=3,
@@ -143,11 +156,12 @@ def test_nan_state_is_never_checkpointed(tmp_path):
     mgr.close()
 
 
-def test_relative_workdir_and_sigterm_handler_given_back(tmp_path, monkeypatch):
+def test_relative_workdir_and_signal_handlers_given_back(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    before = signal.getsignal(signal.SIGTERM)
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     train.train_and_evaluate(_config(max_steps=1), "runs/w")
-    assert signal.getsignal(signal.SIGTERM) is before  # a SIGTERM after the run is not eaten
+    # a SIGTERM or Ctrl-C after the run is not eaten
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
     assert checkpointing.latest_step("runs/w/checkpoints") == 1
 
 

@@ -429,7 +429,7 @@ def lsq_vs_faq(net: str, wd: pathlib.Path) -> list[str]:
 def plots(wd: pathlib.Path, docs: pathlib.Path) -> list[str]:
     """Fig. 1 and Fig. 2 from the finished ResNet-20 runs: ``docs/grad_noise.png`` (per
     layer at 8/4/2 bits, and the mean against the step), ``docs/weight_similarity.png``."""
-    from faq_jax import analysis
+    from faq_jax import analysis, writers
 
     def summary(name):
         f = wd / name / "record.json"
@@ -440,7 +440,7 @@ def plots(wd: pathlib.Path, docs: pathlib.Path) -> list[str]:
              if "grad_noise" in summary(f"noise_w{b}")}
     if noise:
         curves = {f"W{b}A{b}": {t[len("grad_noise/"):]: v for t, v in
-                                analysis.read_scalars(wd / f"noise_w{b}" / "run").items()
+                                writers.read_scalars(wd / f"noise_w{b}" / "run").items()
                                 if t.startswith("grad_noise/")}
                   for b in (8, 4, 2) if f"W{b}A{b}" in noise}
         analysis.plot_grad_noise(noise, docs / "grad_noise.png", curves=curves)

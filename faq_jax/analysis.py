@@ -15,7 +15,6 @@ live beside them in ``params``, are quantizer settings, not weights, and are lef
 from __future__ import annotations
 
 import os
-import pathlib
 from typing import Any
 
 import jax
@@ -132,28 +131,6 @@ def _kernels(params: Any) -> list[tuple[str, np.ndarray]]:
     return [(p, np.asarray(k)) for p, k in _kernel_items(jax.device_get(params))]
 
 
-def read_scalars(workdir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar a run wrote to its TensorBoard events: tag -> [(step, value)], by step."""
-    from faq_jax import lazy_imports  # noqa: PLC0415 - TensorFlow only when reading events
-
-    tf = lazy_imports.tensorflow()
-    out: dict[str, list[tuple[int, float]]] = {}
-    for path in sorted(pathlib.Path(workdir).glob("events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(str(path)):
-            for v in event.summary.value:
-                if v.HasField("tensor") and v.tensor.dtype in (1, 2):  # float / double
-                    arr = tf.make_ndarray(v.tensor)
-                    if arr.size != 1:
-                        continue
-                    value = float(arr.reshape(()))
-                elif v.HasField("simple_value"):
-                    value = float(v.simple_value)
-                else:
-                    continue
-                out.setdefault(v.tag, []).append((int(event.step), value))
-    return {k: sorted(v) for k, v in out.items()}
-
-
 def _pyplot() -> Any:
     import matplotlib  # noqa: PLC0415 - plotting is optional
 
@@ -172,7 +149,8 @@ def plot_grad_noise(per_bits: dict[str, dict[str, float]], path: str | os.PathLi
       per_bits: label (e.g. "W4A4") -> {layer: cosine} (``summary["grad_noise"]["per_layer"]``).
       path: output PNG.
       curves: optional label -> {layer: [(step, cosine)]}: adds a panel of the mean over
-        layers against the step (from :func:`read_scalars`'s ``grad_noise/<layer>`` tags).
+        layers against the step (the ``grad_noise/<layer>`` tags of
+        :func:`faq_jax.writers.read_scalars`).
     """
     plt = _pyplot()
     ncols = 2 if curves else 1
@@ -232,7 +210,7 @@ def plot_accuracy(runs: dict[str, dict[str, list[tuple[int, float]]]],
     """Training top-1 against the step per run, plus its validation results as markers.
 
     Args:
-      runs: run label -> :func:`read_scalars` of its workdir.
+      runs: run label -> :func:`faq_jax.writers.read_scalars` of its workdir.
       path: output PNG.
       offsets: run label -> step its curve starts at (e.g. fine-tuning runs placed after
         the baseline's last step).

@@ -25,11 +25,18 @@ def _preload_torch() -> None:
 
 def tensorflow() -> ModuleType:
     """Returns ``tensorflow`` (GPUs hidden), loading torch and triton first if installed."""
-    if "tensorflow" not in sys.modules:
+    if sys.modules.get("tensorflow") is None:
         _preload_torch()
         # Its native libraries print INFO lines on import whatever TF_CPP_MIN_LOG_LEVEL says.
-        with console.native_stderr_silenced(not console.verbose()):
-            import tensorflow  # noqa: F401
+        try:
+            with console.native_stderr_silenced(not console.verbose()):
+                import tensorflow  # noqa: F401
+        except ImportError as e:
+            raise ImportError(
+                "TensorFlow is not installed, and config.data.loader='tf' reads data with it "
+                "(TFDS, image resizing, ImageNet augmentation). Install it (pip install "
+                "tensorflow-cpu), or, for CIFAR-10 archives and image folders already at the "
+                "model's size, set --config.data.loader=numpy.") from e
     import tensorflow as tf
 
     # tf.data runs on the host; it must never grab accelerator memory from JAX.

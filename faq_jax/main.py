@@ -40,7 +40,8 @@ def _define_flags() -> None:
 def main(argv: list[str]) -> None:
     del argv
     console.configure_from_flags()
-    with console.exit_on_error():
+    # ImportError: a missing optional framework (TensorFlow for the tf loader), named.
+    with console.exit_on_error(extra=(ImportError,)):
         config = console.config_flag_value("config")
         import jax  # noqa: PLC0415
 

@@ -31,6 +31,7 @@ from faq_jax import (
     paired,
     sharding,
     trainer,
+    writers,
 )
 from faq_jax import calibrate as calibrate_lib
 from faq_jax import data as data_lib
@@ -108,7 +109,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 def _run_stages(config: ml_collections.ConfigDict, workdir: str, stages: set[str],
                 info: data_lib.DatasetInfo, float_model, quant_model) -> dict[str, Any]:
     """train_and_evaluate's stages, in a workdir this run holds."""
-    writer = trainer.clu()[0].create_default_writer(
+    writer = writers.create(
         workdir, just_logging=jax.process_index() > 0 or not workdir_lib.writable(workdir))
     writer.write_hparams({k: v for k, v in config.to_dict().items()
                           if isinstance(v, (int, float, str, bool))})

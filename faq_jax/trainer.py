@@ -27,11 +27,11 @@ from faq_jax import (
     analysis,
     checkpointing,
     console,
-    lazy_imports,
     optim,
     paired,
     sharding,
     steps,
+    writers,
 )
 from faq_jax import data as data_lib
 from faq_jax.workdir import CheckpointError
@@ -39,15 +39,6 @@ from faq_jax.workdir import CheckpointError
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or Inf; the message names the step."""
-
-
-def clu() -> tuple[Any, Any]:
-    """clu's ``metric_writers`` and ``periodic_actions``; they load TensorFlow, so import
-    them late, in the safe order."""
-    lazy_imports.tensorflow()
-    from clu import metric_writers, periodic_actions  # noqa: PLC0415
-
-    return metric_writers, periodic_actions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,7 +228,7 @@ class Trainer:
             gn = analysis.GradNoise(self.model.policy, config.analysis.grad_noise_ema)
             gn_state = gn.init(state.params)
         data = self._micro_batches(start)
-        report = clu()[1].ReportProgress(num_train_steps=total, writer=writer)
+        report = writers.progress_reporter(total, writer)
         pending: list[tuple[int, dict[str, jax.Array]]] = []
         t0, images = time.time(), 0
         bsh = sharding.batch_sharding(self.mesh, 1)

@@ -120,6 +120,9 @@ FREE_FIELDS = (
     "data.num_train",
 )
 ABSENT = "<absent>"  # a field one of two configs does not have
+# Fields added to the config after workdirs were recorded without them, with the value that
+# computes what those runs computed: a recorded config lacking one holds that value.
+ADDED_FIELDS = {"data.loader": "tf"}
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -135,7 +138,7 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """{dotted path: (old, new)} of the fields where two JSON configs differ, the
     :data:`FREE_FIELDS` left out; :data:`ABSENT` stands for a field a config lacks."""
-    a, b = _flat(old), _flat(new)
+    a, b = {**ADDED_FIELDS, **_flat(old)}, {**ADDED_FIELDS, **_flat(new)}
     return {k: (a.get(k, ABSENT), b.get(k, ABSENT)) for k in sorted(set(a) | set(b))
             if a.get(k, ABSENT) != b.get(k, ABSENT)
             and not any(k == f or k.startswith(f + ".") for f in FREE_FIELDS)}

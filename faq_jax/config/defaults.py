@@ -37,6 +37,8 @@ def data_config(name: str = "imagenet2012") -> ml_collections.ConfigDict:
         mean=(0.485, 0.456, 0.406),
         std=(0.229, 0.224, 0.225),
         dtype="float32",      # image dtype handed to the model: "float32" | "bfloat16"
+        loader="tf",          # "tf" (tf.data, every dataset) | "numpy" (no TensorFlow: CIFAR-10
+        #                       archives and folders of image_size images; data/numpy_loader.py)
         shuffle_buffer=16384,
     ))
 

@@ -35,12 +35,13 @@ from typing import Any, NamedTuple
 import ml_collections
 import numpy as np
 
-from faq_jax.data import cifar10, digits, folder, imagenet
+from faq_jax.data import cifar10, digits, folder, imagenet, numpy_loader
 
 Batch = dict[str, np.ndarray]
 
 _NAMES = ("imagenet2012", "folder", "cifar10", "digits")
 _AUGMENTS = ("imagenet", "cifar", "none")
+_LOADERS = ("tf", "numpy")
 
 
 class DatasetInfo(NamedTuple):
@@ -94,6 +95,26 @@ def _check(data: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"config.data.eval_resize={data.eval_resize} < image_size={data.image_size}."
         )
+    _check_loader(data)
+
+
+def _check_loader(data: ml_collections.ConfigDict) -> None:
+    """The numpy loader serves CIFAR-10 archives and folders at the model's size."""
+    loader = data.get("loader", "tf")
+    if loader not in _LOADERS:
+        raise ValueError(f"config.data.loader must be one of {_LOADERS}, got {loader!r}.")
+    if loader == "tf" or data.name == "digits":
+        return
+    fix = " Use config.data.loader='tf' (needs TensorFlow)."
+    if data.name == "imagenet2012" or (data.name == "cifar10" and data.source == "tfds"):
+        raise ValueError(f"config.data.loader='numpy' reads archives and folders, not TFDS "
+                         f"({data.name}).{fix}")
+    if data.augment == "imagenet":
+        raise ValueError("config.data.loader='numpy' has the 'cifar' and 'none' augmentations, "
+                         f"not 'imagenet' (RandomResizedCrop).{fix}")
+    if data.eval_resize != data.image_size:
+        raise ValueError(f"config.data.loader='numpy' does not resize: eval_resize="
+                         f"{data.eval_resize} must equal image_size={data.image_size}.{fix}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,6 +298,8 @@ def train_batches(
     args = (config, info, steps, local_batch_size, process_index, process_count)
     if config.data.name == "digits":
         return _digits_train(*args, epoch, skip)
+    if config.data.get("loader", "tf") == "numpy":
+        return numpy_loader.prefetch(_numpy_train(*args, epoch, skip))
     return _tf_train(*args, epoch, skip)
 
 
@@ -312,6 +335,23 @@ def _digits_train(config, info, steps, local_batch, pi, pc, epoch, skip) -> Iter
                 x = digits.random_shift(x, shifts[:, positions[step]])
             image = digits.to_model_images(x, config.data.image_size, dtype, d.mean, d.std)
             yield {"image": image, "label": d.train_y[indices[step]]}
+
+
+def _numpy_train(config, info, steps, local_batch, pi, pc, epoch, skip) -> Iterator[Batch]:
+    data = config.data
+    split, _ = _splits(data)
+    dtype = _np_dtype(data)
+    for e in itertools.count(epoch):
+        indices, positions = _epoch_indices(info.num_train, config.seed, e, steps(e),
+                                            local_batch, pi, pc)
+        augment = numpy_loader.Augmentation(config.seed, e, positions.size * pc) \
+            if data.augment == "cifar" else None
+        for step in range(skip if e == epoch else 0, steps(e)):
+            image = numpy_loader.images(split, indices[step], data.image_size)
+            if augment is not None:
+                image = augment(image, positions[step])
+            yield {"image": numpy_loader.normalize(image, data.mean, data.std, dtype),
+                   "label": split.labels[indices[step]].astype(np.int32)}
 
 
 def _train_fn(data: ml_collections.ConfigDict):
@@ -443,9 +483,22 @@ def eval_batches(
             }
             for i in range(start, end, local_batch_size)
         )
+    elif data.get("loader", "tf") == "numpy":
+        source = numpy_loader.prefetch(_numpy_eval(data, start, end, local_batch_size))
     else:
         source = _tf_eval(config, info, start, end, process_index, process_count, local_batch_size)
     return _pad(source, local_batch_size, num_batches, info.image_shape, _np_dtype(data))
+
+
+def _numpy_eval(data: ml_collections.ConfigDict, start: int, end: int,
+                local_batch: int) -> Iterator[Batch]:
+    _, split = _splits(data)
+    dtype = _np_dtype(data)
+    for i in range(start, end, local_batch):
+        index = np.arange(i, min(i + local_batch, end))
+        image = numpy_loader.images(split, index, data.image_size)
+        yield {"image": numpy_loader.normalize(image, data.mean, data.std, dtype),
+               "label": split.labels[index].astype(np.int32)}
 
 
 def _tf_eval(config, info, start, end, pi, pc, local_batch) -> Iterator[Batch]:

@@ -40,6 +40,20 @@ def images(split: Any, index: np.ndarray, size: int) -> np.ndarray:
         np.zeros((0, size, size, 3), np.uint8)
 
 
+IN_MEMORY_BYTES = 4 << 30  # image folders up to this decoded size are decoded once
+
+
+def in_memory(split: Any, size: int) -> Any:
+    """``split`` as a :class:`cifar10.ArraySplit` when it is an image folder whose decoded
+    images fit :data:`IN_MEMORY_BYTES` (CIFAR-10's JPEG archive: 150 MB), so every epoch
+    gathers from memory instead of decoding again; otherwise ``split`` unchanged."""
+    if isinstance(split, cifar10.ArraySplit) or len(split.paths) * size * size * 3 > \
+            IN_MEMORY_BYTES:
+        return split
+    return cifar10.ArraySplit(images(split, np.arange(len(split.paths)), size),
+                              split.labels, split.classes)
+
+
 def _decode(path: str, size: int) -> np.ndarray:
     from PIL import Image  # noqa: PLC0415 - only this loader needs PIL
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import os
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -152,6 +153,19 @@ def _splits(data: ml_collections.ConfigDict) -> tuple[Any, Any]:
             eval_split=data.eval_split,
         )
     return _cached_splits(data.name, _expand(data.train_dir), _expand(data.eval_dir), **cifar)
+
+
+@functools.lru_cache(maxsize=4)
+def _in_memory(data_json: str) -> tuple[Any, Any]:
+    data = ml_collections.ConfigDict(json.loads(data_json))
+    train, evaluation = _splits(data)
+    return (numpy_loader.in_memory(train, data.image_size),
+            numpy_loader.in_memory(evaluation, data.image_size))
+
+
+def _numpy_splits(data: ml_collections.ConfigDict) -> tuple[Any, Any]:
+    """``(train, eval)`` for the numpy loader: image folders small enough decoded once."""
+    return _in_memory(data.to_json(sort_keys=True))
 
 
 def _elements(split: Any, index: np.ndarray, seeds: np.ndarray | None = None,
@@ -339,7 +353,7 @@ def _digits_train(config, info, steps, local_batch, pi, pc, epoch, skip) -> Iter
 
 def _numpy_train(config, info, steps, local_batch, pi, pc, epoch, skip) -> Iterator[Batch]:
     data = config.data
-    split, _ = _splits(data)
+    split, _ = _numpy_splits(data)
     dtype = _np_dtype(data)
     for e in itertools.count(epoch):
         indices, positions = _epoch_indices(info.num_train, config.seed, e, steps(e),
@@ -492,7 +506,7 @@ def eval_batches(
 
 def _numpy_eval(data: ml_collections.ConfigDict, start: int, end: int,
                 local_batch: int) -> Iterator[Batch]:
-    _, split = _splits(data)
+    _, split = _numpy_splits(data)
     dtype = _np_dtype(data)
     for i in range(start, end, local_batch):
         index = np.arange(i, min(i + local_batch, end))

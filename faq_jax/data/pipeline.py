@@ -20,8 +20,12 @@ buffer and resumes with ``skip`` before any decoding.
 Evaluation is exact: process p reads examples ``[p*N//P, (p+1)*N//P)``; every process
 yields ``num_eval_batches`` batches, padded with ``mask=False`` examples.
 
-TensorFlow is imported lazily (through :mod:`faq_jax.lazy_imports`) by the TF datasets:
-:mod:`faq_jax.data.preprocess` and :mod:`faq_jax.data.imagenet` only inside functions.
+Loaders (``config.data.loader``): ``"tf"`` (tf.data; every dataset) or ``"numpy"``
+(:mod:`faq_jax.data.numpy_loader`: CIFAR-10 archives and folders of images at the model's
+size, without TensorFlow; the same evaluation batches and training order, its own crop/flip
+draws). Digits are always NumPy. TensorFlow is imported lazily (through
+:mod:`faq_jax.lazy_imports`) by the tf loader: :mod:`faq_jax.data.preprocess` and
+:mod:`faq_jax.data.imagenet` only inside functions.
 """
 
 from __future__ import annotations
@@ -99,9 +103,14 @@ def _check(data: ml_collections.ConfigDict) -> None:
     _check_loader(data)
 
 
+def _loader(data: ml_collections.ConfigDict) -> str:
+    """``config.data.loader``; configs recorded before the field existed read with tf."""
+    return data.get("loader", "tf")
+
+
 def _check_loader(data: ml_collections.ConfigDict) -> None:
     """The numpy loader serves CIFAR-10 archives and folders at the model's size."""
-    loader = data.get("loader", "tf")
+    loader = _loader(data)
     if loader not in _LOADERS:
         raise ValueError(f"config.data.loader must be one of {_LOADERS}, got {loader!r}.")
     if loader == "tf" or data.name == "digits":
@@ -312,7 +321,7 @@ def train_batches(
     args = (config, info, steps, local_batch_size, process_index, process_count)
     if config.data.name == "digits":
         return _digits_train(*args, epoch, skip)
-    if config.data.get("loader", "tf") == "numpy":
+    if _loader(config.data) == "numpy":
         return numpy_loader.prefetch(_numpy_train(*args, epoch, skip))
     return _tf_train(*args, epoch, skip)
 
@@ -497,7 +506,7 @@ def eval_batches(
             }
             for i in range(start, end, local_batch_size)
         )
-    elif data.get("loader", "tf") == "numpy":
+    elif _loader(data) == "numpy":
         source = numpy_loader.prefetch(_numpy_eval(data, start, end, local_batch_size))
     else:
         source = _tf_eval(config, info, start, end, process_index, process_count, local_batch_size)

@@ -320,3 +320,15 @@ def test_lsq_steps_that_are_not_powers_of_two_are_refused_naming_the_layer():
         else a, variables["params"])
     with pytest.raises(export.ExportError, match=r"^act: its learned LSQ activation step"):
         export.export(model, {**variables, "params": params}, input_shape=shape)
+
+
+def test_int_tensordot_is_exact_in_every_precision_tier():
+    """float32 below 2^24, float64 below 2^53, int64 beyond: always the int64 result."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(-128, 128, (3, 5, 64))
+    for top in (127, 2**20, 2**40):  # bounds in the float32, float64 and int64 tiers
+        w = rng.integers(-top, top + 1, (64, 7), dtype=np.int64)
+        w[:, 0] = top  # the largest sum |w| the tier allows
+        want = np.einsum("abk,kc->abc", x.astype(object), w.astype(object))
+        got = executor.int_tensordot(x, w, axes=([2], [0]))
+        assert got.dtype == np.int64 and (got.astype(object) == want).all()

@@ -104,8 +104,27 @@ def requantize(t: IntTensor, bits: int, l_out: int, signed: bool, relu: bool,
     return np.clip(codes, -hi if signed else 0, hi)
 
 
+# Integers below these magnitudes, and sums that stay below them, are exact in floating point.
+EXACT_FLOAT = ((2 ** 24, np.float32), (2 ** 53, np.float64))
+
+
+def int_tensordot(x: np.ndarray, w: np.ndarray, axes) -> np.ndarray:
+    """``np.tensordot`` of integer arrays, exactly, as int64. Through float32 or float64 BLAS
+    when ``max|x| * max_out sum|w|`` (a bound on every partial sum, in any order) is below
+    2^24 or 2^53, so every intermediate is an exact integer; int64 loops (slow) otherwise."""
+    w_axes = axes[1]
+    out_axes = [a for a in range(w.ndim) if a not in w_axes]
+    per_out = np.abs(w.astype(I64)).transpose(*w_axes, *out_axes).reshape(
+        int(np.prod([w.shape[a] for a in w_axes])), -1).sum(0)
+    bound = int(np.abs(x).max(initial=0)) * int(per_out.max(initial=0))
+    for limit, dtype in EXACT_FLOAT:
+        if bound < limit:
+            return np.tensordot(x.astype(dtype), w.astype(dtype), axes).astype(I64)
+    return np.tensordot(x.astype(I64), w.astype(I64), axes)
+
+
 def _conv(x: np.ndarray, w: np.ndarray, strides, padding, groups: int) -> np.ndarray:
-    """NHWC x HWIO integer convolution (torch-style explicit padding), int64 sums."""
+    """NHWC x HWIO integer convolution (torch-style explicit padding), exact int64 sums."""
     (pt, pb), (pl, pr) = padding
     xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
     kh, kw, cin_g, cout = w.shape
@@ -115,8 +134,8 @@ def _conv(x: np.ndarray, w: np.ndarray, strides, padding, groups: int) -> np.nda
     outs = []
     for g in range(groups):
         patch = win[:, :, :, g * cin_g:(g + 1) * cin_g]
-        wg = w[..., g * cout_g:(g + 1) * cout_g].astype(I64)
-        outs.append(np.tensordot(patch, wg, axes=([3, 4, 5], [2, 0, 1])))
+        wg = w[..., g * cout_g:(g + 1) * cout_g]
+        outs.append(int_tensordot(patch, wg, axes=([3, 4, 5], [2, 0, 1])))
     return outs[0] if groups == 1 else np.concatenate(outs, axis=-1)
 
 
@@ -179,7 +198,7 @@ def run_node(node: dict[str, Any], ins: list[IntTensor], arrays: dict[str, np.nd
         if op == "conv":
             acc = _conv(x.q, w, node["strides"], node["padding"], node["groups"])
         else:
-            acc = np.tensordot(x.q, w.astype(I64), axes=([x.q.ndim - 1], [0]))
+            acc = int_tensordot(x.q, w, axes=([x.q.ndim - 1], [0]))
         out = IntTensor(acc, x.l + node["w_l"])
         if node.get("bias"):
             (a, b), lsb = _align([out, IntTensor(arrays[node["bias"]], node["bias_l"])], where)

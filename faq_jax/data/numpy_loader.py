@@ -40,7 +40,7 @@ def images(split: Any, index: np.ndarray, size: int) -> np.ndarray:
         np.zeros((0, size, size, 3), np.uint8)
 
 
-IN_MEMORY_BYTES = 4 << 30  # image folders up to this decoded size are decoded once
+IN_MEMORY_BYTES = 2 << 30  # image folders up to this decoded size are decoded once
 
 
 def in_memory(split: Any, size: int) -> Any:

@@ -10,12 +10,9 @@ import os
 
 # The 8 fake devices are threads: on a loaded 2-core machine one can wait minutes for the
 # others inside a collective, past XLA:CPU's default timeout (which aborts the process).
-# Single-threaded Eigen: with its intra-op pool, a long test process (many compiled
-# programs, 8 devices on 2 cores) now and then wedged for good inside an XLA:CPU execution.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
                       "--xla_cpu_collective_timeout_seconds=1200 "
-                      "--xla_cpu_collective_call_terminate_timeout_seconds=1200 "
-                      "--xla_cpu_multi_thread_eigen=false")
+                      "--xla_cpu_collective_call_terminate_timeout_seconds=1200")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 if importlib.util.find_spec("torch") is not None:

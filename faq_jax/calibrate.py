@@ -21,6 +21,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from faq_jax import keypaths, layers, lsq
 
@@ -42,11 +43,13 @@ def _sown_values(model: nn.Module, base: dict[str, Any], batches: Iterable[jax.A
 
     result = None
     for images in batches:
-        flat = keypaths.flatten(sow(base, images))
+        # On the host: the sown values are scalars, and an eager op between arrays that
+        # different batches left on different devices/shardings can stall a CPU run.
+        flat = {k: np.asarray(v) for k, v in keypaths.flatten(sow(base, images)).items()}
         if result is None:
             result = flat
         else:  # later batches: only FAQ's l's change
-            result.update({k: jnp.maximum(result[k], v) for k, v in flat.items()
+            result.update({k: np.maximum(result[k], v) for k, v in flat.items()
                            if k.endswith(keypaths.SEP + "lsb")})
         if not need_all:
             break

@@ -411,7 +411,7 @@ def lsq_vs_faq(net: str, wd: pathlib.Path) -> list[str]:
 
     def cell(cmp):
         return (f"{cmp['run']:.2f} | {cmp['diff']:+.2f} [{cmp['ci_low']:+.2f}, "
-                f"{cmp['ci_high']:+.2f}] | {cmp['mcnemar_p']:.3g}")
+                f"{cmp['ci_high']:+.2f}] | {paired.format_p(cmp['mcnemar_p'])}")
 
     lines = ["", f"### LSQ beside FAQ, CIFAR-10 {net} (fp32_adapted {100 * base.mean():.2f}%; "
              "same data, epochs, 8-bit first/last layers)", "",
@@ -429,7 +429,7 @@ def lsq_vs_faq(net: str, wd: pathlib.Path) -> list[str]:
             if faq is not None and lsq is not None:
                 d = paired.compare(faq, lsq)  # b: right by FAQ only, c: by LSQ only
                 row.append(f"{d['diff']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}] | "
-                           f"{d['b']}/{d['c']} | {d['mcnemar_p']:.3g}")
+                           f"{d['b']}/{d['c']} | {paired.format_p(d['mcnemar_p'])}")
             else:
                 row.append("pending | | ")
             lines.append("| " + " | ".join(row) + " |")

@@ -49,11 +49,17 @@ def compare(base_correct: Any, run_correct: Any, z: float = 1.959964) -> dict[st
             "b": b, "c": c, "mcnemar_p": mcnemar_p(b, c)}
 
 
+def format_p(p: float, digits: int = 3) -> str:
+    """McNemar's p for a table: ``digits`` significant digits, and "<1e-300" where the exact
+    tail is below what a float holds (it would print as 0)."""
+    return "<1e-300" if p < 1e-300 else f"{p:.{digits}g}"
+
+
 def format_row(name: str, cmp: dict[str, float]) -> str:
     """``name  run%  diff [low, high]  p`` as one Markdown table row."""
     return (f"| {name} | {cmp['run']:.2f} | {cmp['diff']:+.2f} | "
             f"[{cmp['ci_low']:+.2f}, {cmp['ci_high']:+.2f}] | {cmp['b']}/{cmp['c']} | "
-            f"{cmp['mcnemar_p']:.3g} |")
+            f"{format_p(cmp['mcnemar_p'])} |")
 
 
 def pack(correct: Any) -> str:
@@ -73,4 +79,4 @@ def describe(cmp: dict[str, float], what: str = "after - before") -> str:
     """One line: the difference, its paired 95% interval, the image count and McNemar's p."""
     return (f"{what}: {cmp['diff']:+.2f} points, paired 95% interval "
             f"[{cmp['ci_low']:+.2f}, {cmp['ci_high']:+.2f}] on {cmp['n']} images "
-            f"({cmp['c']} fixed, {cmp['b']} broken; McNemar p = {cmp['mcnemar_p']:.2g})")
+            f"({cmp['c']} fixed, {cmp['b']} broken; McNemar p = {format_p(cmp['mcnemar_p'], 2)})")

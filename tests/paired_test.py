@@ -48,3 +48,13 @@ def test_pack_round_trips_and_describe_says_the_interval():
     assert paired.describe(cmp) == ("after - before: +25.00 points, paired 95% interval "
                                     f"[{cmp['ci_low']:+.2f}, {cmp['ci_high']:+.2f}] on 4 "
                                     "images (2 fixed, 1 broken; McNemar p = 1)")
+
+
+def test_a_p_below_what_a_float_holds_is_printed_as_a_bound_not_as_zero():
+    p = paired.mcnemar_p(4404, 261)  # the ResNet-20 FAQ W2A2 study row: the tail underflows
+    assert p == 0.0 and paired.format_p(p) == "<1e-300"
+    assert paired.format_p(paired.mcnemar_p(129, 126)) == "0.9"
+    assert paired.format_p(1.25e-7, 2) == "1.2e-07"
+    row = paired.format_row("w2a2", paired.compare(np.r_[np.ones(4404, bool), np.zeros(261, bool)],
+                                                   np.r_[np.zeros(4404, bool), np.ones(261, bool)]))
+    assert row.endswith("| <1e-300 |")

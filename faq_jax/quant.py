@@ -59,8 +59,9 @@ def _check_lsb(lsb) -> None:
         )
 
 
-def _compute_dtype(dtype) -> jnp.dtype:
-    # bf16/f16 inputs are computed in f32: codes up to 2^b-1 and the +1/2 must be exact.
+def compute_dtype(dtype) -> jnp.dtype:
+    """The dtype a quantizer computes in: bf16/f16 inputs are computed in f32, since codes up
+    to 2^b - 1 and the + 1/2 of rounding must be exact (bf16 holds 8 significant bits)."""
     return jnp.promote_types(dtype, jnp.float32)
 
 
@@ -106,7 +107,7 @@ def _shift(x: jax.Array, lsb: jax.Array, mode: str) -> jax.Array:
 
 def _codes(x: jax.Array, lsb: jax.Array, bits: int, signed: bool, mode: str) -> jax.Array:
     """Unclipped integer codes floor(x 2^-l + 1/2), in the compute dtype."""
-    ct = _compute_dtype(x.dtype)
+    ct = compute_dtype(x.dtype)
     return jnp.floor(_shift(x.astype(ct), -jnp.asarray(lsb), mode) + 0.5)
 
 
@@ -178,7 +179,7 @@ def fixed_point(x: jax.Array, *, bits: int, lsb, signed: bool) -> jax.Array:
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"fixed_point expects a floating-point x, got dtype {x.dtype}")
     mode = _shift_mode(lsb)
-    lsb = jnp.asarray(lsb, _compute_dtype(x.dtype))
+    lsb = jnp.asarray(lsb, compute_dtype(x.dtype))
     return _fixed_point(x, lsb, bits, bool(signed), mode)
 
 
@@ -196,7 +197,7 @@ def codes_and_overflow(x: jax.Array, *, bits: int, lsb, signed: bool,
     x = jnp.asarray(x)
     lo, hi = int_range(bits, signed)
     mode = _shift_mode(lsb)
-    raw = _codes(x, jnp.asarray(lsb, _compute_dtype(x.dtype)), bits, signed, mode)
+    raw = _codes(x, jnp.asarray(lsb, compute_dtype(x.dtype)), bits, signed, mode)
     codes = jnp.clip(raw, lo, hi)
     dtype = jnp.int64 if bits > 31 and jax.config.jax_enable_x64 else jnp.int32
     return codes.astype(dtype), jnp.any((raw < lo) | (raw > hi))

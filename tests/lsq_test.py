@@ -58,11 +58,34 @@ def test_power_of_two_step_rounds_forward_and_passes_the_gradient_straight_throu
     assert float(lsq.pow2_step(theta)) == 0.25
     assert float(lsq.pow2_step(jnp.asarray(-2.6))) == 0.125
     grad = jax.grad(lambda t: lsq.pow2_step(t))(theta)
-    assert float(grad) == pytest.approx(0.25 * math.log(2))  # d 2^t / dt at the rounded t
+    assert float(grad) == pytest.approx(1 / (0.25 * math.log(2)))  # 1 / (s ln 2), s rounded
     # Through the quantizer: every forward value is a code times a power of two.
     out = lsq.quantize(jnp.array([0.3, 0.7, -0.9]), lsq.pow2_step(theta), bits=4, signed=True)
     codes = np.asarray(out) / 0.25
     np.testing.assert_array_equal(codes, np.round(codes))
+
+
+def test_a_power_of_two_step_moves_at_the_papers_rate_for_s():
+    """One SGD step on log2 s changes s as the same step on s itself would (to first order),
+    so learned exponents move; the chain rule through 2^t would move s (s ln 2)^2 times as
+    fast, ~1/130 here, and the exponents would stay where they started."""
+    v = jnp.asarray(np.random.default_rng(2).normal(size=500), jnp.float32)
+    loss = lambda s: jnp.sum((lsq.quantize(v, s, bits=3, signed=True) - v) ** 2)  # noqa: E731
+    lr, s0 = 1e-5, 0.125
+    ds = -lr * float(jax.grad(loss)(jnp.float32(s0)))
+    dlog2 = -lr * float(jax.grad(lambda t: loss(lsq.pow2_step(t)))(jnp.float32(-3.0)))
+    assert abs(ds) > 1e-4
+    assert s0 * 2.0**dlog2 - s0 == pytest.approx(ds, rel=1e-2)
+
+
+def test_bfloat16_inputs_are_quantized_in_float32():
+    """bf16 holds integers exactly only up to 256: an 8-bit code plus the 1/2 of rounding is
+    computed in float32, so odd codes above 128 and the clip at Q_P stay right."""
+    x = jnp.array([129.0, 131.0, 255.0, 300.0], jnp.bfloat16)
+    out = lsq.quantize(x, lsq.pow2_step(jnp.float32(0.0)), bits=8, signed=False)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(out, np.float32), [129, 131, 255, 255])
+    np.testing.assert_array_equal(lsq.codes(x, 1.0, bits=8, signed=False), [129, 131, 255, 255])
 
 
 def test_power_of_two_forward_is_exact_fixed_point():

@@ -18,8 +18,9 @@ final checkpoint of its run. Runs, in order (``--runs`` picks some):
   y_max = 2^(b/2) - 1), ``w4a4_bnfloat`` (BatchNorm constants in float), ``w4a4_random``
   (random init, no calibration, lr 0.1 -> 1e-6 with the same per-step decay: the paper's
   from-scratch 0.1 x 0.901 per epoch compressed likewise), ``w3a3`` and ``w2a2`` (weight clip
-  k = 3.25 and 2.04: see ``CLIP_K``), and ``noise_w{8,4,2}`` (Fig. 1: 200 steps at the
-  W4A4 schedule's first learning rate with the gradient-noise measure on).
+  k = 3.25 and 2.04: see ``CLIP_K``), and ``noise_w{8,4,2}`` (Fig. 1: the first 200 steps
+  of the W4A4 schedule, lr 1.5e-3 falling to 1.03e-3, the same at every width, with the
+  gradient-noise measure on).
 
 - ResNet-20, LSQ beside FAQ (``quant.method="lsq"``, Esser et al., ICLR 2020):
   ``lsq_w4a4``, ``lsq_w3a3``, ``lsq_w2a2`` from the same ``fp32_adapted`` weights, on the same
@@ -458,6 +459,12 @@ def plots(wd: pathlib.Path, docs: pathlib.Path) -> list[str]:
         return json.loads(f.read_text())["summary"] if f.exists() else {}
 
     written = []
+    for b in (8, 4, 2):
+        s = summary(f"noise_w{b}")
+        if s and "grad_noise" not in s:  # resumed at its last step: the EMA was never run
+            raise SystemExit(f"noise_w{b} finished without a gradient-noise result (it was "
+                             f"resumed after its last step); delete {wd / f'noise_w{b}'} and "
+                             "run it again")
     noise = {f"W{b}A{b}": summary(f"noise_w{b}")["grad_noise"]["per_layer"] for b in (8, 4, 2)
              if "grad_noise" in summary(f"noise_w{b}")}
     if noise:

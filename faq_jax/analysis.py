@@ -15,6 +15,7 @@ live beside them in ``params``, are quantizer settings, not weights, and are lef
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import jax
@@ -140,6 +141,13 @@ def _pyplot() -> Any:
     return plt
 
 
+def layer_order(names: Any) -> list[str]:
+    """Layer names with their numbers in numeric order (``layer1_2`` before ``layer1_10``):
+    summaries hold them sorted as strings."""
+    return sorted(names, key=lambda n: [(0, int(t), "") if t.isdigit() else (1, 0, t)
+                                        for t in re.split(r"(\d+)", n)])
+
+
 def plot_grad_noise(per_bits: dict[str, dict[str, float]], path: str | os.PathLike,
                     curves: dict[str, dict[str, list[tuple[int, float]]]] | None = None,
                     ) -> None:
@@ -156,11 +164,10 @@ def plot_grad_noise(per_bits: dict[str, dict[str, float]], path: str | os.PathLi
     ncols = 2 if curves else 1
     fig, axes = plt.subplots(1, ncols, figsize=(7 * ncols, 4), squeeze=False)
     ax = axes[0][0]
+    names = layer_order({n for layers in per_bits.values() for n in layers})
     for label, layers in per_bits.items():
-        names = list(layers)
-        ax.plot(range(len(names)), [layers[n] for n in names], "o-", label=label)
+        ax.plot(range(len(names)), [layers.get(n, np.nan) for n in names], "o-", label=label)
     if per_bits:
-        names = list(next(iter(per_bits.values())))
         ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
     ax.set_ylabel("cos(δw, EMA of quantized step)")
     ax.set_title("Gradient noise per layer (Fig. 1)")
@@ -189,14 +196,14 @@ def plot_weight_similarity(sims: dict[str, dict[str, Any]], path: str | os.PathL
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4))
     labels = list(sims)
-    names = list(sims[labels[0]]["per_layer"]) if labels else []
+    names = layer_order(sims[labels[0]]["per_layer"]) if labels else []
     width = 0.8 / max(1, len(labels))
     for i, label in enumerate(labels):
         vals = [sims[label]["per_layer"].get(n, np.nan) for n in names]
         ax.bar(np.arange(len(names)) + i * width, vals, width,
                label=f"{label} (mean {sims[label]['mean']:.4f})")
     ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=90, fontsize=7)
-    ax.set_ylabel("mean neuron cosine, start vs end")
+    ax.set_ylabel("mean neuron cosine of the float weights, start vs end")
     ax.set_title("Weight similarity per layer (Fig. 2)")
     ax.axhline(0, color="k", lw=0.5)
     ax.legend(loc="lower left", fontsize=8)

@@ -161,3 +161,11 @@ def test_weight_similarity_and_grad_noise_leave_lsq_steps_out():
     moved = {**after, "conv": {**after["conv"], "kernel": k * 1.1}}
     _, cos = gn.update(state, before, moved)
     assert set(cos) == {"conv"} and np.isfinite(float(cos["conv"]))
+
+
+def test_plots_put_layers_in_numeric_order():
+    """Summaries hold layer names sorted as strings; ResNet-110's layer1_10 comes after
+    layer1_9 on a plot's axis, not after layer1_1."""
+    names = ["layer1_10/conv1", "conv1", "layer1_9/conv2", "layer1_1/conv1", "linear"]
+    assert analysis.layer_order(names) == ["conv1", "layer1_1/conv1", "layer1_9/conv2",
+                                           "layer1_10/conv1", "linear"]

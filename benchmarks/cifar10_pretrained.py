@@ -459,14 +459,15 @@ def plots(wd: pathlib.Path, docs: pathlib.Path) -> list[str]:
         return json.loads(f.read_text())["summary"] if f.exists() else {}
 
     written = []
+    noise = {}
     for b in (8, 4, 2):
         s = summary(f"noise_w{b}")
         if s and "grad_noise" not in s:  # resumed at its last step: the EMA was never run
             raise SystemExit(f"noise_w{b} finished without a gradient-noise result (it was "
                              f"resumed after its last step); delete {wd / f'noise_w{b}'} and "
                              "run it again")
-    noise = {f"W{b}A{b}": summary(f"noise_w{b}")["grad_noise"]["per_layer"] for b in (8, 4, 2)
-             if "grad_noise" in summary(f"noise_w{b}")}
+        if s:
+            noise[f"W{b}A{b}"] = s["grad_noise"]["per_layer"]
     if noise:
         curves = {f"W{b}A{b}": {t[len("grad_noise/"):]: v for t, v in
                                 writers.read_scalars(wd / f"noise_w{b}" / "run").items()

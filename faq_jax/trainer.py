@@ -227,6 +227,14 @@ class Trainer:
         if config.analysis.grad_noise and getattr(self.model, "policy", None) is not None:
             gn = analysis.GradNoise(self.model.policy, config.analysis.grad_noise_ema)
             gn_state = gn.init(state.params)
+            if start == total:
+                console.warn(f"{self.name}: no steps left after the resume, so the gradient "
+                             "noise (analysis.grad_noise) is not measured again (summary.json "
+                             "keeps a value measured before, if any).")
+            elif start > 0:  # the EMA is not checkpointed
+                console.warn(f"{self.name}: the gradient-noise EMA restarts from zero at the "
+                             f"resume (step {start}); it forgets its start within "
+                             f"~{3 / (1 - gn.ema):.0f} steps.")
         data = self._micro_batches(start)
         report = writers.progress_reporter(total, writer)
         pending: list[tuple[int, dict[str, jax.Array]]] = []

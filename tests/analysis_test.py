@@ -92,7 +92,7 @@ def test_weight_similarity_self_is_one_and_random_init_near_zero():
     assert set(other["per_layer"]) == set(same["per_layer"]) and "fc" in other["per_layer"]
 
 
-def test_train_and_evaluate_puts_grad_noise_in_the_summary(tmp_path):
+def test_train_and_evaluate_puts_grad_noise_in_the_summary(tmp_path, capsys):
     c = demo.get_config()
     c.stages = "calibrate,finetune"
     c.batch_size = 32
@@ -109,6 +109,12 @@ def test_train_and_evaluate_puts_grad_noise_in_the_summary(tmp_path):
     vals = np.array(list(gn["per_layer"].values()))
     assert np.all(np.isfinite(vals)) and np.all(np.abs(vals) <= 1.0 + 1e-5)
     assert gn["mean"] == pytest.approx(vals.mean())
+    # The EMA is not checkpointed: run again at its last step, the run cannot measure it,
+    # says so, and keeps the value measured before.
+    capsys.readouterr()
+    again = train.train_and_evaluate(c, str(tmp_path))
+    assert again["grad_noise"] == gn
+    assert "gradient noise (analysis.grad_noise) is not measured again" in capsys.readouterr().err
 
 
 def test_plots_write_pngs(tmp_path):

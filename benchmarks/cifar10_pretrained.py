@@ -388,7 +388,47 @@ def report(net: str, wd: pathlib.Path) -> str:
         if gn:
             extra.append(f"- {name} mean gradient-noise cosine after 200 steps (Fig. 1): "
                          f"{gn['mean']:.3f}")
-    return "\n".join(lines + [""] + extra + lsq_vs_faq(net, wd))
+    return "\n".join(lines + [""] + extra + lsq_vs_faq(net, wd) + grad_noise_lines(wd))
+
+
+def grad_noise_lines(wd: pathlib.Path) -> list[str]:
+    """Fig. 1 from the noise runs: per layer, the gradient-noise cosine averaged over the
+    logged steps of the second half (101-200), over the layers quantized at the run's width
+    (the first and last stay 8-bit); between neighbouring widths, in how many of those
+    layers the wider one is higher, with the exact two-sided sign test (McNemar's p of the
+    layer counts)."""
+    import ml_collections
+
+    from faq_jax import models, paired, writers
+    from faq_jax import policy as policy_lib
+
+    means: dict[int, dict[str, float]] = {}
+    for b in (8, 4, 2):
+        run = wd / f"noise_w{b}" / "run"
+        if not (wd / f"noise_w{b}" / "record.json").exists():
+            continue
+        cfg = ml_collections.ConfigDict(json.loads((run / "config.json").read_text()))
+        policy = models.create(cfg.arch, policy=policy_lib.from_config(cfg.quant, cfg.calib),
+                               num_classes=10).policy
+        half = cfg.max_steps // 2
+        means[b] = {t[len("grad_noise/"):]: float(np.mean([v for s, v in vals if s > half]))
+                    for t, vals in writers.read_scalars(run).items()
+                    if t.startswith("grad_noise/")}
+        means[b] = {k: v for k, v in means[b].items() if policy.weight_bits(k) == b}
+    if not means:
+        return []
+    out = ["", "### Gradient noise (Fig. 1), ResNet-20, 200 steps of the W4A4 schedule", "",
+           "Mean over the layers at the run's width of each layer's cosine, averaged over the "
+           "logged steps 101-200:", ""]
+    out += [f"- W{b}A{b}: {np.mean(list(m.values())):.3f} over {len(m)} layers"
+            for b, m in means.items()]
+    for hi, lo in ((8, 4), (4, 2)):
+        if hi in means and lo in means:
+            common = sorted(set(means[hi]) & set(means[lo]))
+            up = sum(means[hi][k] > means[lo][k] for k in common)
+            out.append(f"- W{hi}A{hi} above W{lo}A{lo} in {up} of {len(common)} layers (sign "
+                       f"test p {paired.format_p(paired.mcnemar_p(len(common) - up, up))})")
+    return out
 
 
 def _correct(wd: pathlib.Path, name: str) -> np.ndarray | None:
@@ -475,7 +515,7 @@ def plots(wd: pathlib.Path, docs: pathlib.Path) -> list[str]:
                   for b in (8, 4, 2) if f"W{b}A{b}" in noise}
         analysis.plot_grad_noise(noise, docs / "grad_noise.png", curves=curves)
         written.append(str(docs / "grad_noise.png"))
-    sims = {n: summary(n)["weight_cosine"] for n in ("w8a8", "w4a4", "w2a2", "w4a4_random")
+    sims = {n: summary(n)["weight_cosine"] for n in ("w8a8", "w4a4", "w3a3", "w2a2", "w4a4_random")
             if "weight_cosine" in summary(n)}
     if sims:
         analysis.plot_weight_similarity(sims, docs / "weight_similarity.png")

@@ -203,7 +203,7 @@ def plot_weight_similarity(sims: dict[str, dict[str, Any]], path: str | os.PathL
         ax.bar(np.arange(len(names)) + i * width, vals, width,
                label=f"{label} (mean {sims[label]['mean']:.4f})")
     ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=90, fontsize=7)
-    ax.set_ylabel("mean neuron cosine of the float weights, start vs end")
+    ax.set_ylabel("mean neuron cosine\n(float weights, start vs end)")
     ax.set_title("Weight similarity per layer (Fig. 2)")
     ax.axhline(0, color="k", lw=0.5)
     ax.legend(loc="lower left", fontsize=8)

@@ -54,10 +54,13 @@ their last checkpoint), so it can be stopped and restarted at will::
     python benchmarks/cifar10_pretrained.py --net resnet20 --workdir ~/.cache/faq_jax/study
     python benchmarks/cifar10_pretrained.py --net resnet56 --workdir ~/.cache/faq_jax/study
 
-Results: ``<workdir>/<net>/results.json`` and the Markdown table printed at the end
-(``--report`` prints it without running anything; ``--plots docs`` redraws Fig. 1 and
-Fig. 2 from the ResNet-20 runs). CPU time of every run is recorded (process
-CPU seconds, all threads, summed over restarts).
+Results: per run, ``<workdir>/<net>/<run>/record.json`` (top-1, CPU time, the integer
+check, the run's ``summary.json``) and ``predictions.npz`` (the predicted class of every test
+image), and the Markdown table printed at the end (``--report`` prints it without running
+anything; ``--plots docs`` redraws Fig. 1 and Fig. 2 from the ResNet-20 runs;
+``--pair A B`` compares any two finished runs on the same images, e.g. a run kept from an
+earlier commit against its rerun). CPU time of every run is recorded (process CPU seconds,
+all threads, summed over restarts).
 """
 
 from __future__ import annotations
@@ -489,6 +492,25 @@ def lsq_vs_faq(net: str, wd: pathlib.Path) -> list[str]:
     return lines
 
 
+def pair(wd: pathlib.Path, a: str, b: str) -> str:
+    """Run ``b`` against run ``a`` on the same test images (folders with a
+    ``predictions.npz``, relative to the network's workdir or absolute)."""
+    from faq_jax import paired
+
+    correct = []
+    for name in (a, b):
+        f = wd / os.path.expanduser(name) / "predictions.npz"  # an absolute name wins
+        if not f.exists():
+            raise SystemExit(f"--pair: {f} does not exist; give finished runs (folders with "
+                             "predictions.npz), by name or path")
+        p = np.load(f)
+        correct.append(p["pred"] == p["label"])
+    if correct[0].shape != correct[1].shape:
+        raise SystemExit(f"--pair: {a} and {b} were evaluated on different image sets "
+                         f"({correct[0].size} and {correct[1].size} images)")
+    return paired.describe(paired.compare(*correct), f"{b} - {a}")
+
+
 def plots(wd: pathlib.Path, docs: pathlib.Path) -> list[str]:
     """Fig. 1 and Fig. 2 from the finished ResNet-20 runs: ``docs/grad_noise.png`` (per
     layer at 8/4/2 bits, and the mean against the step), ``docs/weight_similarity.png``."""
@@ -531,6 +553,8 @@ def main() -> None:
     ap.add_argument("--report", action="store_true", help="print the table, run nothing")
     ap.add_argument("--plots", default="", help="with ResNet-20: write the Fig. 1/Fig. 2 PNGs "
                     "into this folder (e.g. docs)")
+    ap.add_argument("--pair", nargs=2, metavar=("A", "B"),
+                    help="print run B against run A, paired on the same images, run nothing")
     ap.add_argument("--max_steps", type=int, default=-1,
                     help="smoke test: cap every training stage at this many steps (use "
                          "another --workdir; the numbers mean nothing)")
@@ -548,6 +572,9 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown run(s) {sorted(unknown)} for {args.net}; runs: "
                  f"{known_runs(args.net)}")
+    if args.pair:
+        print(pair(wd, *args.pair))
+        return
     if not args.report:
         from faq_jax import converted
 

@@ -55,12 +55,12 @@ their last checkpoint), so it can be stopped and restarted at will::
     python benchmarks/cifar10_pretrained.py --net resnet56 --workdir ~/.cache/faq_jax/study
 
 Results: per run, ``<workdir>/<net>/<run>/record.json`` (top-1, CPU time, the integer
-check, the run's ``summary.json``) and ``predictions.npz`` (the predicted class of every test
-image), and the Markdown table printed at the end (``--report`` prints it without running
-anything; ``--plots docs`` redraws Fig. 1 and Fig. 2 from the ResNet-20 runs;
-``--pair A B`` compares any two finished runs on the same images, e.g. a run kept from an
-earlier commit against its rerun). CPU time of every run is recorded (process CPU seconds,
-all threads, summed over restarts).
+check, the run's summary) and ``predictions.npz`` (the predicted class of every test image;
+not for the noise runs, which measure Fig. 1 only), and the Markdown table printed at the
+end (``--report`` prints it without running anything; ``--plots docs`` redraws Fig. 1 and
+Fig. 2 from the ResNet-20 runs; ``--pair A B`` compares any two finished runs on the same
+images, e.g. a run kept from an earlier commit against its rerun). CPU time of every run is
+recorded (process CPU seconds, all threads, summed over restarts).
 """
 
 from __future__ import annotations
@@ -99,9 +99,9 @@ R20_ONLY = ("w4a4_nocalib", "w4a4_bnfloat", "w4a4_random", "w3a3", "w2a2", "nois
 LSQ_RUNS = ("lsq_w4a4", "lsq_w3a3", "lsq_w2a2")
 LSQ_LR = 0.01
 LSQ_WEIGHT_DECAY = {4: 1e-4, 3: 0.5e-4, 2: 0.25e-4}
-# Run only when named in --runs: the paper's unconstrained (float) steps, and ResNet-56's LSQ.
-# and the paper's full 110-epoch W4A4 schedule (w4a4_110ep: hours of GPU-free CPU, minutes on
-# a GPU).
+# Run only when named in --runs: LSQ with the paper's unconstrained (float) steps,
+# ResNet-56's LSQ, and the paper's full 110-epoch W4A4 schedule (w4a4_110ep: hours of CPU,
+# minutes on a GPU).
 OPT_IN = {"resnet20": (*(f"{r}_float" for r in LSQ_RUNS), "w4a4_110ep"),
           "resnet56": ("lsq_w4a4", "w4a4_110ep")}
 
@@ -387,25 +387,18 @@ def report(net: str, wd: pathlib.Path) -> str:
         wc = r.get("summary", {}).get("weight_cosine")
         if wc:
             extra.append(f"- {name} mean weight cosine start vs end (Fig. 2): {wc['mean']:.4f}")
-        gn = r.get("summary", {}).get("grad_noise")
-        if gn:
-            extra.append(f"- {name} mean gradient-noise cosine after 200 steps (Fig. 1): "
-                         f"{gn['mean']:.3f}")
     return "\n".join(lines + [""] + extra + lsq_vs_faq(net, wd) + grad_noise_lines(wd))
 
 
 def grad_noise_lines(wd: pathlib.Path) -> list[str]:
-    """Fig. 1 from the noise runs: per layer, the gradient-noise cosine averaged over the
-    logged steps of the second half (101-200), over the layers quantized at the run's width
-    (the first and last stay 8-bit); between neighbouring widths, in how many of those
-    layers the wider one is higher, with the exact two-sided sign test (McNemar's p of the
-    layer counts)."""
+    """Fig. 1 from the finished noise runs (see :func:`summarize_grad_noise`)."""
     import ml_collections
 
-    from faq_jax import models, paired, writers
+    from faq_jax import models, writers
     from faq_jax import policy as policy_lib
 
-    means: dict[int, dict[str, float]] = {}
+    curves: dict[int, dict[str, list[tuple[int, float]]]] = {}
+    at_width: dict[int, set[str]] = {}
     for b in (8, 4, 2):
         run = wd / f"noise_w{b}" / "run"
         if not (wd / f"noise_w{b}" / "record.json").exists():
@@ -413,24 +406,47 @@ def grad_noise_lines(wd: pathlib.Path) -> list[str]:
         cfg = ml_collections.ConfigDict(json.loads((run / "config.json").read_text()))
         policy = models.create(cfg.arch, policy=policy_lib.from_config(cfg.quant, cfg.calib),
                                num_classes=10).policy
-        half = cfg.max_steps // 2
-        means[b] = {t[len("grad_noise/"):]: float(np.mean([v for s, v in vals if s > half]))
-                    for t, vals in writers.read_scalars(run).items()
-                    if t.startswith("grad_noise/")}
-        means[b] = {k: v for k, v in means[b].items() if policy.weight_bits(k) == b}
-    if not means:
+        curves[b] = {t[len("grad_noise/"):]: v for t, v in writers.read_scalars(run).items()
+                     if t.startswith("grad_noise/")}
+        at_width[b] = {k for k in curves[b] if policy.weight_bits(k) == b}
+    return summarize_grad_noise(curves, at_width)
+
+
+def summarize_grad_noise(curves: dict[int, dict[str, list[tuple[int, float]]]],
+                         at_width: dict[int, set[str]]) -> list[str]:
+    """Fig. 1's numbers: per layer, the gradient-noise cosine averaged over the logged steps
+    of the second half of the run, then the mean over the layers every run quantizes at its
+    own width (the first and last stay 8-bit); between neighbouring widths, in how many of
+    those layers the wider one is higher, with the exact two-sided sign test (ties dropped).
+
+    ``curves``: bits -> layer -> [(step, cosine)] as logged (a step logged twice by a
+    resumed run counts once, its last value); ``at_width``: bits -> the layers at that width.
+    """
+    from faq_jax import paired
+
+    if not curves:
         return []
-    out = ["", "### Gradient noise (Fig. 1), ResNet-20, 200 steps of the W4A4 schedule", "",
-           "Mean over the layers at the run's width of each layer's cosine, averaged over the "
-           "logged steps 101-200:", ""]
-    out += [f"- W{b}A{b}: {np.mean(list(m.values())):.3f} over {len(m)} layers"
-            for b, m in means.items()]
+    common = set.intersection(*at_width.values())
+    means, resumed = {}, []
+    for b, per_layer in curves.items():
+        steps = dict(next(iter(per_layer.values())))
+        half = max(steps) // 2
+        means[b] = {k: float(np.mean([v for s, v in dict(vals).items() if s > half]))
+                    for k, vals in per_layer.items() if k in common}
+        if any(len(dict(vals)) < len(vals) for vals in per_layer.values()):
+            resumed.append(f"W{b}A{b}")
+    out = ["", "### Gradient noise (Fig. 1)", "",
+           f"Per layer, the cosine averaged over the logged steps of each run's second half; "
+           f"mean over the {len(common)} layers every run quantizes at its own width:", ""]
+    out += [f"- W{b}A{b}: {np.mean(list(m.values())):.3f}" for b, m in means.items()]
     for hi, lo in ((8, 4), (4, 2)):
         if hi in means and lo in means:
-            common = sorted(set(means[hi]) & set(means[lo]))
             up = sum(means[hi][k] > means[lo][k] for k in common)
-            out.append(f"- W{hi}A{hi} above W{lo}A{lo} in {up} of {len(common)} layers (sign "
-                       f"test p {paired.format_p(paired.mcnemar_p(len(common) - up, up))})")
+            down = sum(means[hi][k] < means[lo][k] for k in common)
+            out.append(f"- W{hi}A{hi} above W{lo}A{lo} in {up} of {len(common)} layers, below "
+                       f"in {down} (sign test p {paired.format_p(paired.mcnemar_p(down, up))})")
+    if resumed:
+        out.append(f"- resumed, so their EMA restarted mid-run: {', '.join(resumed)}")
     return out
 
 
@@ -497,17 +513,18 @@ def pair(wd: pathlib.Path, a: str, b: str) -> str:
     ``predictions.npz``, relative to the network's workdir or absolute)."""
     from faq_jax import paired
 
-    correct = []
+    correct, labels = [], []
     for name in (a, b):
         f = wd / os.path.expanduser(name) / "predictions.npz"  # an absolute name wins
         if not f.exists():
             raise SystemExit(f"--pair: {f} does not exist; give finished runs (folders with "
                              "predictions.npz), by name or path")
         p = np.load(f)
+        labels.append(p["label"])
         correct.append(p["pred"] == p["label"])
-    if correct[0].shape != correct[1].shape:
-        raise SystemExit(f"--pair: {a} and {b} were evaluated on different image sets "
-                         f"({correct[0].size} and {correct[1].size} images)")
+    if labels[0].shape != labels[1].shape or not np.array_equal(*labels):
+        raise SystemExit(f"--pair: {a} and {b} were not evaluated on the same images in the "
+                         f"same order ({labels[0].size} and {labels[1].size} labels)")
     return paired.describe(paired.compare(*correct), f"{b} - {a}")
 
 

@@ -227,7 +227,7 @@ class Trainer:
         if config.analysis.grad_noise and getattr(self.model, "policy", None) is not None:
             gn = analysis.GradNoise(self.model.policy, config.analysis.grad_noise_ema)
             gn_state = gn.init(state.params)
-            if start == total:
+            if start and start == total:
                 console.warn(f"{self.name}: no steps left after the resume, so the gradient "
                              "noise (analysis.grad_noise) is not measured again (summary.json "
                              "keeps a value measured before, if any).")

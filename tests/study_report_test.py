@@ -1,0 +1,46 @@
+"""benchmarks/cifar10_pretrained.py's report helpers: Fig. 1 numbers and paired run pairs."""
+
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "benchmarks"))
+import cifar10_pretrained as study  # noqa: E402
+
+
+def test_grad_noise_summary_averages_the_second_half_over_common_layers():
+    def curve(first, second):  # logged at steps 10..40: the second half is 30, 40
+        return [(10, first), (20, first), (30, second), (40, second)]
+
+    curves = {
+        8: {"conv1": curve(9, 0.9), "a": curve(9, 0.5), "b": curve(9, 0.4), "fc": curve(9, 0.9)},
+        4: {"conv1": curve(9, 0.9), "a": curve(9, 0.2), "b": curve(9, 0.4), "fc": curve(9, 0.9)},
+    }
+    # A resumed run logs a step twice: it counts once, with its last value.
+    curves[4]["a"] = curves[4]["a"] + [(40, 0.2)]
+    lines = study.summarize_grad_noise(curves, {8: {"conv1", "a", "b", "fc"}, 4: {"a", "b"}})
+    text = "\n".join(lines)
+    assert "mean over the 2 layers" in text
+    assert "- W8A8: 0.450" in text and "- W4A4: 0.300" in text
+    # b ties, so the sign test sees one layer: p = 1.
+    assert "- W8A8 above W4A4 in 1 of 2 layers, below in 0 (sign test p 1)" in text
+    assert "resumed, so their EMA restarted mid-run: W4A4" in text
+    assert study.summarize_grad_noise({}, {}) == []
+
+
+def _run(root, name, pred, label):
+    (root / name).mkdir()
+    np.savez(root / name / "predictions.npz", pred=np.array(pred), label=np.array(label))
+
+
+def test_pair_compares_two_runs_on_the_same_images(tmp_path):
+    _run(tmp_path, "a", [0, 1, 2, 0], [0, 1, 2, 3])
+    _run(tmp_path, "b", [0, 1, 0, 3], [0, 1, 2, 3])
+    assert study.pair(tmp_path, "a", "b").startswith("b - a: +0.00 points")
+    _run(tmp_path, "c", [0, 1, 2, 3], [3, 2, 1, 0])
+    with pytest.raises(SystemExit, match="not evaluated on the same images"):
+        study.pair(tmp_path, "a", "c")
+    with pytest.raises(SystemExit, match="does not exist"):
+        study.pair(tmp_path, "a", str(tmp_path / "missing"))

@@ -285,16 +285,13 @@ def integer_check(net_name: str, model: Any, variables: dict[str, Any], images: 
         got = np.concatenate([export.run(net, codes[i:i + 250])[0].argmax(-1)
                               for i in range(0, len(codes), 250)])
     else:
-        import onnxruntime as ort
-
-        from faq_jax.export import onnx_writer
+        from faq_jax.export import onnx_deploy, onnx_writer
 
         runner = "integer ONNX model (onnxruntime)"
         path = out / "integer.onnx"
         onnx_writer.save(net, str(path))
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        got = np.concatenate([sess.run(None, {name: codes[i:i + 250]})[0].argmax(-1)
+        sess = onnx_deploy.session(str(path))
+        got = np.concatenate([onnx_deploy.run(sess, codes=codes[i:i + 250]).argmax(-1)
                               for i in range(0, len(codes), 250)])
     return {"runner": runner, "agree": int(np.sum(got == ref)), "n": int(len(ref)),
             "integer_top1": 100.0 * float(np.mean(got == labels)),

@@ -44,3 +44,20 @@ def test_pair_compares_two_runs_on_the_same_images(tmp_path):
         study.pair(tmp_path, "a", "c")
     with pytest.raises(SystemExit, match="does not exist"):
         study.pair(tmp_path, "a", str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("net_name", ["resnet20", "resnet56"])  # NumPy executor / ONNX model
+def test_integer_check_agrees_with_the_float64_simulation(net_name, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from faq_jax import export, models
+    from faq_jax import policy as policy_lib
+
+    model = models.create("cifar_resnet20", policy=policy_lib.paper_policy(4, 4),
+                          num_classes=10)
+    variables = export.random_variables(model, (32, 32, 3))
+    images = np.random.default_rng(0).normal(size=(6, 32, 32, 3)).astype(np.float32)
+    labels = np.arange(6) % 10
+    r = study.integer_check(net_name, model, variables, images, labels, tmp_path)
+    assert (r["agree"], r["n"]) == (6, 6)
+    assert r["integer_top1"] == r["float64_sim_top1"]
+    assert ("ONNX" in r["runner"]) == (net_name == "resnet56")

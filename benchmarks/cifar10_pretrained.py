@@ -421,9 +421,10 @@ def summarize_grad_noise(curves: dict[int, dict[str, list[tuple[int, float]]]],
     """
     from faq_jax import paired
 
+    curves = {b: c for b, c in curves.items() if c}  # a run that logged no grad_noise/*
     if not curves:
         return []
-    common = set.intersection(*at_width.values())
+    common = set.intersection(*(at_width[b] for b in curves))
     means, resumed = {}, []
     for b, per_layer in curves.items():
         steps = dict(next(iter(per_layer.values())))

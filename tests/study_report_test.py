@@ -28,6 +28,7 @@ def test_grad_noise_summary_averages_the_second_half_over_common_layers():
     assert "- W8A8 above W4A4 in 1 of 2 layers, below in 0 (sign test p 1)" in text
     assert "resumed, so their EMA restarted mid-run: W4A4" in text
     assert study.summarize_grad_noise({}, {}) == []
+    assert study.summarize_grad_noise({2: {}}, {2: set()}) == []
 
 
 def _run(root, name, pred, label):

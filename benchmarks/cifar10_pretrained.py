@@ -61,6 +61,11 @@ end (``--report`` prints it without running anything; ``--plots docs`` redraws F
 Fig. 2 from the ResNet-20 runs; ``--pair A B`` compares any two finished runs on the same
 images, e.g. a run kept from an earlier commit against its rerun). CPU time of every run is
 recorded (process CPU seconds, all threads, summed over restarts).
+
+``--keep DIR`` copies what the report reads of every finished run (records, predictions,
+Fig. 1 curves; no checkpoints) into ``DIR/<net>``, small enough to commit; the measured runs
+are kept in ``benchmarks/results/cifar10_pretrained`` and ``--workdir`` pointing there
+reprints their tables and pairs without running anything.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import threading
@@ -449,9 +455,10 @@ def summarize_grad_noise(curves: dict[int, dict[str, list[tuple[int, float]]]],
 
 
 def _correct(wd: pathlib.Path, name: str) -> np.ndarray | None:
-    """Per-image correctness of a finished run (None if it has no predictions yet)."""
+    """Per-image correctness of a finished run (None if it is unfinished or has no
+    predictions)."""
     f = wd / name / "predictions.npz"
-    if not f.exists():
+    if not f.exists() or not (wd / name / "record.json").exists():
         return None
     p = np.load(f)
     return p["pred"] == p["label"]
@@ -504,6 +511,38 @@ def lsq_vs_faq(net: str, wd: pathlib.Path) -> list[str]:
             lines += ["", "- Claim (W2A2: at least one method within 2 points of fp32): "
                       "pending (both W2A2 runs needed)."]
     return lines
+
+
+def keep(wd: pathlib.Path, dest: pathlib.Path, net: str) -> list[str]:
+    """Copies what the report reads of every finished run of ``net`` from ``wd`` into
+    ``dest``, in the same layout without checkpoints, exports or images: ``record.json``, the
+    predictions (as uint8), and for a noise run its ``config.json`` and gradient-noise
+    curves. The copy is small enough to commit; ``--report``, ``--pair`` and ``--plots`` read
+    it as they read a workdir. Returns the runs kept."""
+    from faq_jax import writers
+
+    kept = []
+    for name in known_runs(net):
+        src, out = wd / name, dest / name
+        if not (src / "record.json").exists():
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / "record.json", out / "record.json")
+        if (src / "predictions.npz").exists():
+            p = np.load(src / "predictions.npz")
+            np.savez_compressed(out / "predictions.npz", pred=p["pred"].astype(np.uint8),
+                                label=p["label"].astype(np.uint8))
+        if name.startswith("noise_"):
+            (out / "run").mkdir(exist_ok=True)
+            shutil.copyfile(src / "run" / "config.json", out / "run" / "config.json")
+            (out / "run" / writers.JSONL).unlink(missing_ok=True)
+            w = writers.JsonlWriter(str(out / "run"))
+            for tag, values in writers.read_scalars(src / "run").items():
+                if tag.startswith("grad_noise/"):
+                    for step, v in values:  # a step logged twice stays twice
+                        w.write_scalars(step, {tag: v})
+        kept.append(name)
+    return kept
 
 
 def pair(wd: pathlib.Path, a: str, b: str) -> str:
@@ -570,6 +609,10 @@ def main() -> None:
                     "into this folder (e.g. docs)")
     ap.add_argument("--pair", nargs=2, metavar=("A", "B"),
                     help="print run B against run A, paired on the same images, run nothing")
+    ap.add_argument("--keep", default="",
+                    help="copy what the report reads of every finished run into "
+                         "KEEP/<net> (no checkpoints; small enough to commit), run nothing; "
+                         "--workdir KEEP then reports from the copy")
     ap.add_argument("--max_steps", type=int, default=-1,
                     help="smoke test: cap every training stage at this many steps (use "
                          "another --workdir; the numbers mean nothing)")
@@ -589,6 +632,11 @@ def main() -> None:
                  f"{known_runs(args.net)}")
     if args.pair:
         print(pair(wd, *args.pair))
+        return
+    if args.keep:
+        dest = pathlib.Path(os.path.expanduser(args.keep)).absolute() / args.net
+        print(f"kept in {dest}:", ", ".join(keep(wd, dest, args.net)) or "nothing (no "
+              f"finished run in {wd})")
         return
     if not args.report:
         from faq_jax import converted

@@ -62,3 +62,37 @@ def test_integer_check_agrees_with_the_float64_simulation(net_name, tmp_path):
     assert (r["agree"], r["n"]) == (6, 6)
     assert r["integer_top1"] == r["float64_sim_top1"]
     assert ("ONNX" in r["runner"]) == (net_name == "resnet56")
+
+
+def test_keep_copies_what_the_report_reads(tmp_path):
+    from faq_jax import writers
+
+    wd, dest = tmp_path / "wd" / "resnet20", tmp_path / "kept" / "resnet20"
+    wd.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 10, 200)
+    for name, p_right in (("fp32_adapted", 0.9), ("w4a4", 0.8), ("w8a8", 0.9)):
+        _run(wd, name, np.where(rng.random(200) < p_right, label, (label + 1) % 10), label)
+        (wd / name / "record.json").write_text(
+            '{"cpu_s": 60.0, "top1": 1.0, "summary": {"weight_cosine": {"mean": 0.99}}}')
+        (wd / name / "run").mkdir()
+        (wd / name / "run" / "checkpoint_0").write_bytes(b"x" * 1000)  # not kept
+    _run(wd, "w2a2", [0], [0])  # unfinished: no record.json, not kept
+    (wd / "noise_w4" / "run").mkdir(parents=True)
+    (wd / "noise_w4" / "record.json").write_text('{"cpu_s": 6.0, "summary": {}}')
+    config = study.run_config("resnet20", "noise_w4", "", "", ((0.5,) * 3, (0.25,) * 3))
+    (wd / "noise_w4" / "run" / "config.json").write_text(config.to_json_best_effort())
+    w = writers.JsonlWriter(str(wd / "noise_w4" / "run"))
+    for step, v in ((5, 0.5), (10, 0.25), (10, 0.3)):  # step 10 logged twice (resumed)
+        w.write_scalars(step, {"grad_noise/stage1_0/conv1": v, "train_loss": 2.0})
+
+    assert study.keep(wd, dest, "resnet20") == ["fp32_adapted", "w8a8", "w4a4", "noise_w4"]
+    assert study.report("resnet20", dest) == study.report("resnet20", wd)
+    assert study.pair(dest, "w8a8", "w4a4") == study.pair(wd, "w8a8", "w4a4")
+    assert np.load(dest / "w4a4" / "predictions.npz")["pred"].dtype == np.uint8
+    assert not (dest / "w4a4" / "run").exists() and not (dest / "w2a2").exists()
+    assert writers.read_scalars(dest / "noise_w4" / "run") == {
+        "grad_noise/stage1_0/conv1": [(5, 0.5), (10, 0.25), (10, 0.3)]}
+    assert (dest / "noise_w4" / "run" / "config.json").read_text() == config.to_json_best_effort()
+    study.keep(wd, dest, "resnet20")  # again: the same copy, curves not doubled
+    assert len(writers.read_scalars(dest / "noise_w4" / "run")["grad_noise/stage1_0/conv1"]) == 3

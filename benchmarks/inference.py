@@ -7,10 +7,12 @@ Speed (random weights, random BN statistics, l's calibrated on random data; ResN
   python benchmarks/inference.py speed --quick    # a quick check that it runs
 
 prints the machine (date, load average, lscpu model and SIMD flags) and the batch-1 latency
-and batch-32 throughput of five ONNX models of each network: the fp32 graph, the bit-exact
+and batch-32 throughput of six ONNX models of each network: the fp32 graph, the bit-exact
 integer model (``export.onnx_writer``) with its convolutions chosen as by default, all as
 exact float32 Convs and all as ConvInteger, and the int8 deployment model (``onnx_deploy``:
-QDQ, fused by onnxruntime into QLinearConv / QLinearAdd).
+QDQ, fused by onnxruntime into QLinearConv / QLinearAdd) in its portable default (weights
+beyond +-64 as uint8: u8 x u8 kernels) and with ``portable=False`` (int8 weights only:
+u8 x s8, exact only on CPUs with VNNI).
 
 Agreement on the CIFAR-10 validation split (last 500 images per class):
 
@@ -87,10 +89,10 @@ SPEED_ARCHS = {"resnet18": 224, "resnet50": 224, "resnet20": 32, "cifar_resnet20
 
 def speed(archs: list[str], bits: int, threads: int, repeats: int, batch_repeats: int,
           size: int | None = None) -> None:
-    """Batch-1 latency and batch-32 throughput of five ONNX models of each network: the fp32
+    """Batch-1 latency and batch-32 throughput of six ONNX models of each network: the fp32
     graph, the bit-exact integer model (``export.onnx_writer``; float32 or ConvInteger
     convolutions) and the int8 deployment model (``onnx_deploy``, QDQ fused into QLinearConv
-    etc.)."""
+    etc.; portable, and int8 weights only)."""
     from faq_jax.export import onnx_deploy  # noqa: PLC0415
 
     rng = np.random.default_rng(0)
@@ -106,7 +108,8 @@ def speed(archs: list[str], bits: int, threads: int, repeats: int, batch_repeats
     print("|---|---|---|---|---|")
     kinds = {"fp32": "fp32 ONNX", "int": "bit-exact (default: float32 convs where exact)",
              "int_f": "bit-exact, all float32 convs (split)",
-             "int_ci": "bit-exact, all ConvInteger", "deploy": "int8 deployment"}
+             "int_ci": "bit-exact, all ConvInteger", "deploy": "int8 deployment (portable)",
+             "deploy_s8": "int8 deployment, int8 weights only (VNNI)"}
     for arch in archs:
         hw = size or SPEED_ARCHS.get(arch, 224)
         classes = 10 if hw <= 64 else 1000
@@ -117,10 +120,11 @@ def speed(archs: list[str], bits: int, threads: int, repeats: int, batch_repeats
                   "int": onnx_writer.to_onnx(net),
                   "int_f": onnx_writer.to_onnx(net, conv_impl="float"),
                   "int_ci": onnx_writer.to_onnx(net, conv_impl="integer"),
-                  "deploy": onnx_deploy.to_onnx(net)}
+                  "deploy": onnx_deploy.to_onnx(net),
+                  "deploy_s8": onnx_deploy.to_onnx(net, portable=False)}
         res = {}
         for kind, proto in protos.items():
-            sess = (onnx_deploy.session(proto, threads=threads) if kind == "deploy"
+            sess = (onnx_deploy.session(proto, threads=threads) if kind.startswith("deploy")
                     else _session(proto, threads))
             name = sess.get_inputs()[0].name
             for batch in (1, 32):

@@ -104,3 +104,12 @@ def test_folder_of_images_and_exported_networks(tiny_run, tmp_path):
     assert exact["top1"] == pytest.approx(folder["top1"], abs=1.0)
     assert onnx_exact["correct"] == exact["correct"]  # bit-exact, both
     assert deploy["top1"] > 10.0  # int8 deployment model: close, not bit-exact
+    # --onnx_int8_vnni: int8 weights everywhere (the default writes 8-bit ones as uint8).
+    vnni = tmp_path / "net_vnni.onnx"
+    _ok(_cli("faq_jax.export", "--workdir", str(workdir), "--out", str(net),
+             "--onnx_int8", str(vnni), "--onnx_int8_vnni"))
+    import onnx as onnx_lib  # noqa: PLC0415 - the export extra
+
+    props = {p: {m.key: m.value for m in onnx_lib.load(str(p)).metadata_props}
+             for p in (fast, vnni)}
+    assert props[fast]["portable"] == "1" and props[vnni]["portable"] == "0"

@@ -100,6 +100,43 @@ def test_onnxruntime_fuses_the_qdq_graph_into_int8_kernels(arch, tmp_path):
     assert not ops["Conv"] and not ops["FusedConv"] and not ops["Add"], ops
 
 
+def _weights(proto) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(codes, zero points) of every Conv/Gemm weight: the DequantizeLinear feeding input 1."""
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    dq = {n.output[0]: n for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    return [(inits[dq[n.input[1]].input[0]], inits[dq[n.input[1]].input[2]])
+            for n in proto.graph.node if n.op_type in ("Conv", "Gemm")]
+
+
+@pytest.mark.parametrize("family,bits", [("resnet20", 8), ("cifar_resnet20", 4)])
+def test_weights_cannot_saturate_u8s8_kernels_without_vnni(family, bits):
+    """Without VNNI, onnxruntime's u8 x s8 kernels sum product pairs in int16 with saturation
+    (vpmaddubsw): 2 * 255 * max|w| must stay <= 2^15 - 1. The portable default keeps int8
+    weights within +-64 and writes wider ones as uint8 + 128 (u8 x u8 kernels, exact)."""
+    net = _net(family, bits)
+    ws = _weights(onnx_deploy.to_onnx(net))
+    assert len(ws) == sum(n["op"] in ("conv", "dense") for n in net.nodes)
+    for codes, zp in ws:
+        if codes.dtype == np.int8:
+            assert np.abs(codes.astype(int)).max() <= onnx_deploy.S8_EXACT and not zp.any()
+            assert 2 * 255 * onnx_deploy.S8_EXACT <= 2**15 - 1
+        else:
+            assert codes.dtype == np.uint8 and np.all(zp == 128) and codes.min() >= 1
+    if bits == 4:  # 4-bit layers stay int8; the 8-bit first conv and classifier go uint8
+        assert {c.dtype for c, _ in ws} == {np.dtype(np.int8), np.dtype(np.uint8)}
+    fast = _weights(onnx_deploy.to_onnx(net, portable=False))
+    assert {c.dtype for c, _ in fast} == {np.dtype(np.int8)}
+    assert max(np.abs(c.astype(int)).max() for c, _ in fast) > onnx_deploy.S8_EXACT
+
+
+def test_vnni_detection_reads_the_cpu_flags():
+    flags = "processor : 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw{}\n"
+    assert onnx_deploy.x86_without_vnni(flags.format(""))
+    assert not onnx_deploy.x86_without_vnni(flags.format(" avx512_vnni"))
+    assert not onnx_deploy.x86_without_vnni(flags.format(" avx_vnni"))
+    assert not onnx_deploy.x86_without_vnni("Features\t: fp asimd asimddp\n")  # arm64
+
+
 def test_bn_fold_negative_and_zero_multipliers():
     """s_c < 0 negates the channel's codes, s_c = 0 zeroes them: exact per-channel scales."""
     net = _net("cifar_resnet20", 8)

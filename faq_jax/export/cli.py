@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--onnx_int8", default=None,
                     help="also write the int8 deployment ONNX model (onnxruntime's fast "
                          "QLinearConv path; not bit-exact, see docs/export.md)")
+    ap.add_argument("--onnx_int8_vnni", action="store_true",
+                    help="the int8 deployment model with int8 weights everywhere: fastest on "
+                         "CPUs with VNNI, inexact without it (default: 8-bit weights as "
+                         "uint8, exact on every x86 CPU)")
     ap.add_argument("--config", default=None, help="the run's config file (full policy)")
     ap.add_argument("--image_size", type=int, default=None,
                     help="input H = W (default: the run's data.image_size)")
@@ -98,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
             buf.write(f"; {args.onnx}")
         if args.onnx_int8:
             from faq_jax.export import onnx_deploy  # noqa: PLC0415 - onnx is optional
-            onnx_deploy.save(net, args.onnx_int8, allow_uncalibrated=not config.calib.enabled)
+            onnx_deploy.save(net, args.onnx_int8, portable=not args.onnx_int8_vnni,
+                             allow_uncalibrated=not config.calib.enabled)
             buf.write(f"; {args.onnx_int8} (int8 deployment model)")
         print(buf.getvalue())

@@ -9,9 +9,11 @@ fuses into QLinearConv, QLinearAdd, QLinearAveragePool, ... (MLAS int8 kernels, 
 - every activation is uint8 codes with a power-of-two scale ``2^l`` (the network's l):
   zero point 0 for unsigned codes, 128 for signed codes (``c + 128``, exact), so that every
   fused convolution is u8 x s8 -> u8;
-- weights are int8 codes with per-output-channel scales ``scale_c = 2^l_w s_c 2^l_s``: a
+- weights are integer codes with per-output-channel scales ``scale_c = 2^l_w s_c 2^l_s``: a
   folded BatchNorm's 8-bit multiplier ``s_c`` moves into the scale, a negative ``s_c``
-  negates that channel's codes, ``s_c = 0`` zeroes them (scale ``2^l_w``);
+  negates that channel's codes, ``s_c = 0`` zeroes them (scale ``2^l_w``); a layer whose
+  codes stay within +-``S8_EXACT`` is int8 (u8 x s8, VNNI), a wider one uint8 with zero
+  point 128 (u8 x u8), so that every kernel is exact on every x86 CPU (``portable``);
 - biases (BN shift ``t``, conv bias, both folded) are int32 at scale ``x_scale scale_c``,
   rounded half up; a convolution whose output is not re-quantized (the logits) keeps a
   float32 bias instead;
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from typing import Any
 
 import numpy as np
@@ -44,6 +47,9 @@ from faq_jax.export.intnet import ExportError
 
 FORMAT = "faq_jax.intnet.onnx-deploy"
 I64 = np.int64
+# Without VNNI, onnxruntime's u8 x s8 kernels (AVX2, AVX-512BW) sum pairs of u8 x s8 products
+# into int16 with saturation (vpmaddubsw): exact iff 2 * 255 * max|w| <= 2^15 - 1.
+S8_EXACT = 64
 U8 = np.dtype(np.uint8)
 _ONNX = {np.dtype(k): v for k, v in [("int8", TensorProto.INT8), ("uint8", TensorProto.UINT8),
          ("int32", TensorProto.INT32), ("int64", TensorProto.INT64),
@@ -109,8 +115,9 @@ class _Graph:
     """Writes the nodes of an IntegerNetwork as QDQ ONNX."""
 
     def __init__(self, net: intnet.IntegerNetwork, residual_l: dict[int, int],
-                 headroom: bool):
+                 headroom: bool, portable: bool):
         self.net, self.w, self.residual_l, self.headroom = net, _Writer(), residual_l, headroom
+        self.s8_max = S8_EXACT if portable else 127  # widest int8 weight code written
         self.requant_codes: dict[int, tuple[str, int]] = {}  # node id: (codes, zero point)
 
     # -- conversions --------------------------------------------------------------------
@@ -133,9 +140,10 @@ class _Graph:
         return dataclasses.replace(v, name=self.w.dq(v), zp=None)
 
     def materialize(self, v: _V, fused: bool) -> _V:
-        """Writes a pending conv/dense with its folded BN: per-channel int8 weight scales,
-        an int32 bias at x_scale * w_scale (``fused``: a QuantizeLinear follows) or a float
-        bias (its output stays float, e.g. the logits)."""
+        """Writes a pending conv/dense with its folded BN: per-channel weight scales, int8
+        codes (uint8 + 128 where they exceed ``s8_max``), an int32 bias at x_scale * w_scale
+        (``fused``: a QuantizeLinear follows) or a float bias (its output stays float, e.g.
+        the logits)."""
         if v.conv is None:
             return v
         c, w = v.conv, self.w
@@ -146,19 +154,22 @@ class _Graph:
         wq = c["w"].astype(I64) * sign  # per output channel (last axis)
         if self.headroom:  # codes * 2^k, scale / 2^k: a 2^k finer int32 bias grid
             top = np.abs(wq).reshape(-1, wq.shape[-1]).max(axis=0)
-            k = np.where(top > 0, np.floor(np.log2(127 / np.maximum(top, 1))), 0).astype(I64)
+            room = np.floor(np.log2(self.s8_max / np.maximum(top, 1)))
+            k = np.where((top > 0) & (room > 0), room, 0).astype(I64)
             wq, scale = wq << k, scale / np.exp2(k)
         xs = float(np.ldexp(1.0, x.l))
         if np.any(scale * xs < np.finfo(np.float32).tiny):
             raise ExportError(f"{path}: weight scale x BN scale below float32 range")
-        dt_w = np.int8
+        dt_w, zp = np.int8, 0
+        if np.abs(wq).max() > self.s8_max:  # u8 x u8: no int16 pair sums on any x86 CPU
+            dt_w, zp, wq = np.uint8, 128, wq + 128
         if node["op"] == "conv":
             w_onnx, axis = np.transpose(wq, (3, 2, 0, 1)).astype(dt_w), 0
         else:
             w_onnx, axis = wq.astype(dt_w), 1
         uniform = np.all(scale == scale[0])
         w_scale = np.asarray(scale[0] if uniform else scale, np.float32)
-        w_zp = np.zeros(w_scale.shape, np.int8)
+        w_zp = np.full(w_scale.shape, zp, dt_w)
         kw = {} if uniform else {"axis": axis}
         wd = w.op("DequantizeLinear", [w.const(w_onnx, path), w.const(w_scale), w.const(w_zp)],
                   **kw)
@@ -435,8 +446,8 @@ def check_calibrated(net: intnet.IntegerNetwork) -> None:
 
 def to_onnx(net: intnet.IntegerNetwork, *, calib_codes: np.ndarray | None = None,
             residual_l: dict[int, int] | None = None, float_input: bool = False,
-            weight_headroom: bool = True, allow_uncalibrated: bool = False,
-            opset: int = 21) -> onnx.ModelProto:
+            weight_headroom: bool = True, portable: bool = True,
+            allow_uncalibrated: bool = False, opset: int = 21) -> onnx.ModelProto:
     """The deployment (QDQ int8) ONNX model of ``net``.
 
     Args:
@@ -448,8 +459,13 @@ def to_onnx(net: intnet.IntegerNetwork, *, calib_codes: np.ndarray | None = None
       float_input: the model takes normalised float NCHW ``x`` and quantizes it itself
         (QuantizeLinear: ties to even) instead of int8 NCHW ``x_codes``.
       weight_headroom: multiply each output channel's weight codes by the largest 2^k that
-        keeps them within +-127 and divide its scale by 2^k (exact; the int32 bias grid gets
-        2^k finer: k = 4 for most 4-bit weights, usually 0 for 8-bit ones).
+        keeps them within +-64 (+-127 with ``portable=False``) and divide its scale by 2^k
+        (exact; the int32 bias grid gets 2^k finer: k = 3 for most 4-bit weights, 0 for
+        8-bit ones).
+      portable: write a layer whose weight codes exceed +-``S8_EXACT`` as uint8 with zero
+        point 128, so onnxruntime runs it with u8 x u8 kernels, exact on every x86 CPU
+        (u8 x s8 saturates int16 pair sums on CPUs without VNNI). False: int8 everywhere,
+        the fastest form on VNNI CPUs, exact only there.
       allow_uncalibrated: accept a network whose activation l's are all uncalibrated defaults.
 
     Raises:
@@ -461,7 +477,7 @@ def to_onnx(net: intnet.IntegerNetwork, *, calib_codes: np.ndarray | None = None
     if residual_l is None:
         residual_l = (default_residual_l(net) if calib_codes is None
                       else choose_residual_l(net, calib_codes))
-    g = _Graph(net, residual_l, weight_headroom)
+    g = _Graph(net, residual_l, weight_headroom, portable)
     w = g.w
     vals: dict[int, _V] = {}
     h, wd, c = net.graph["input_shape"]
@@ -475,7 +491,7 @@ def to_onnx(net: intnet.IntegerNetwork, *, calib_codes: np.ndarray | None = None
             if float_input:
                 in_name, in_type = "x", TensorProto.FLOAT
                 q = w.q(in_name, in_l, 128, "input")
-            else:  # int8 codes -> uint8 codes + 128 (exact), so every conv is u8 x s8 -> u8
+            else:  # int8 codes -> uint8 codes + 128 (exact): every conv takes u8 activations
                 in_name, in_type = "x_codes", TensorProto.INT8
                 xd = w.op("DequantizeLinear", [in_name, w.const(_scale(in_l, "input")),
                                                w.const(np.asarray(0, np.int8))])
@@ -503,6 +519,7 @@ def to_onnx(net: intnet.IntegerNetwork, *, calib_codes: np.ndarray | None = None
     helper.set_model_props(model, {
         "format": FORMAT, "version": str(intnet.VERSION), "input_l": str(in_l),
         "input_bits": str(bits), "input": in_name, "layout": "NCHW",
+        "portable": str(int(portable)),
         "residual_l": ",".join(f"{k}:{v}" for k, v in sorted(residual_l.items())),
         "requant_codes": json.dumps(codes)})
     return model
@@ -527,11 +544,27 @@ def expose_codes(model: onnx.ModelProto, node_ids) -> onnx.ModelProto:
     return model
 
 
+def x86_without_vnni(cpuinfo: str | None = None) -> bool:
+    """True where the CPU (``/proc/cpuinfo``, or the text given) is an AVX2 x86 CPU without
+    VNNI (``avx512_vnni``, ``avx_vnni``): there onnxruntime's u8 x s8 kernels saturate int16
+    pair sums. False where that is unknown (no /proc/cpuinfo, not x86)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    line = next((t for t in cpuinfo.splitlines() if t.startswith("flags")), "")
+    flags = set(line.partition(":")[2].split())
+    return "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni"}
+
+
 def session(model: onnx.ModelProto | str, *, threads: int | None = None,
             optimized_path: str | None = None):
     """An onnxruntime CPU session with ``ORT_ENABLE_ALL`` (QDQ fusion, NHWC int8 kernels).
 
     ``optimized_path``: also write the graph onnxruntime actually runs (to check fusion).
+    Warns when a model written with ``portable=False`` runs on an x86 CPU without VNNI.
     """
     import onnxruntime as ort  # noqa: PLC0415
 
@@ -542,7 +575,13 @@ def session(model: onnx.ModelProto | str, *, threads: int | None = None,
     if optimized_path:
         opts.optimized_model_filepath = optimized_path
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+    if sess.get_modelmeta().custom_metadata_map.get("portable") == "0" and x86_without_vnni():
+        warnings.warn("this int8 deployment model has int8 weights beyond +-64 (written with "
+                      "portable=False) and this CPU has no VNNI: onnxruntime's u8 x s8 "
+                      "kernels can saturate and differ from the integer network; write it "
+                      "with portable=True (the default) for this CPU", stacklevel=2)
+    return sess
 
 
 def run(sess, *, images: np.ndarray | None = None, codes: np.ndarray | None = None

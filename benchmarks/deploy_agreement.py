@@ -11,7 +11,9 @@ quantized with ``paper_policy(bits, bits)`` and calibrated on ``--calib_images``
 images (not fine-tuned). Reports top-1 agreement of onnxruntime's deployment model with
 ``export.run``, both accuracies, the fraction of images whose logits differ and the max
 relative logit error (max |deploy - executor| / max |executor| per batch), for the default
-residual l (``onnx_deploy.default_residual_l``) and for the one chosen on 256 training images.
+residual l (``onnx_deploy.default_residual_l``) and for the one chosen on 256 training images,
+in the portable default form, and for the default l with ``portable=False`` (int8 weights
+everywhere, exact on VNNI CPUs only).
 
 ImageNet ResNets at 224 (random weights, random BN statistics, l's calibrated on N(0, 1)
 batches) on CIFAR-10 test images resized to 224 (bilinear); the reference there is the
@@ -131,7 +133,9 @@ def _sessions(net, calib_codes):
     return {"deploy, default residual l":
             onnx_deploy.session(onnx_deploy.to_onnx(net), threads=2),
             "deploy, residual l chosen on training images":
-            onnx_deploy.session(onnx_deploy.to_onnx(net, residual_l=chosen), threads=2)}
+            onnx_deploy.session(onnx_deploy.to_onnx(net, residual_l=chosen), threads=2),
+            "deploy, default residual l, int8 weights only (VNNI)":
+            onnx_deploy.session(onnx_deploy.to_onnx(net, portable=False), threads=2)}
 
 
 def cifar(npz: str | None, bits: int, weights: str, calib_images: int, limit: int | None,

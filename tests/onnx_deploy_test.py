@@ -137,6 +137,24 @@ def test_vnni_detection_reads_the_cpu_flags():
     assert not onnx_deploy.x86_without_vnni("Features\t: fp asimd asimddp\n")  # arm64
 
 
+def test_session_warns_when_an_int8_only_model_meets_a_cpu_without_vnni(monkeypatch):
+    """The CPU is what differs between machines: stand in a non-VNNI answer for it."""
+    import warnings  # noqa: PLC0415
+
+    net = _net("resnet20", 8)
+    fast, portable = onnx_deploy.to_onnx(net, portable=False), onnx_deploy.to_onnx(net)
+    monkeypatch.setattr(onnx_deploy, "x86_without_vnni", lambda cpuinfo=None: True)
+    with pytest.warns(UserWarning, match="portable=True"):
+        onnx_deploy.session(fast)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        onnx_deploy.session(portable)
+    monkeypatch.setattr(onnx_deploy, "x86_without_vnni", lambda cpuinfo=None: False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        onnx_deploy.session(fast)
+
+
 def test_bn_fold_negative_and_zero_multipliers():
     """s_c < 0 negates the channel's codes, s_c = 0 zeroes them: exact per-channel scales."""
     net = _net("cifar_resnet20", 8)

@@ -8,7 +8,7 @@ fuses into QLinearConv, QLinearAdd, QLinearAveragePool, ... (MLAS int8 kernels, 
 
 - every activation is uint8 codes with a power-of-two scale ``2^l`` (the network's l):
   zero point 0 for unsigned codes, 128 for signed codes (``c + 128``, exact), so that every
-  fused convolution is u8 x s8 -> u8;
+  fused convolution takes u8 activations (u8 x s8 or u8 x u8 -> u8, see weights);
 - weights are integer codes with per-output-channel scales ``scale_c = 2^l_w s_c 2^l_s``: a
   folded BatchNorm's 8-bit multiplier ``s_c`` moves into the scale, a negative ``s_c``
   negates that channel's codes, ``s_c = 0`` zeroes them (scale ``2^l_w``); a layer whose
@@ -577,7 +577,7 @@ def session(model: onnx.ModelProto | str, *, threads: int | None = None,
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
     if sess.get_modelmeta().custom_metadata_map.get("portable") == "0" and x86_without_vnni():
-        warnings.warn("this int8 deployment model has int8 weights beyond +-64 (written with "
+        warnings.warn("this int8 deployment model may have int8 weights beyond +-64 (written with "
                       "portable=False) and this CPU has no VNNI: onnxruntime's u8 x s8 "
                       "kernels can saturate and differ from the integer network; write it "
                       "with portable=True (the default) for this CPU", stacklevel=2)

@@ -11,12 +11,12 @@ held-out digits:
     3     94.67   78.33        90.33       +12.00 (interval not recorded)
 
 Thresholds. Per seed (0, 1, 2): fine-tuning gains (after > before) and ends within 6 points
-of fp32 (worst measured: 4.34 below). Pooled over the three seeds (900 paired
-predictions): the paired interval of after - before excludes 0 and the mean gain is at least
-5 points (measured: +12.33). The gain is not bounded per seed: it is bounded by the
-quantization loss, which depends on the CPU's float rounding through the whole run; on
-another x86 machine one seed lost only ~5 points to W3A3 (89.00 before) and gained +3.33
-(b/c 8/18), FAQ's behaviour, not a failure.
+of fp32 (worst measured: 4.34 below). Over the three seeds (the same 300 held-out images,
+each image's gain averaged over the seeds): the 95% interval of the mean gain excludes 0 and
+the mean gain is at least 5 points (measured: +12.33). The gain is not bounded per seed: it
+is bounded by the quantization loss, which depends on the CPU's float rounding through the
+whole run; on another x86 machine one seed lost only ~5 points to W3A3 (89.00 before) and
+gained +3.33 (b/c 8/18), FAQ's behaviour, not a failure.
 The test took 174 s on the 2-core machine under load (the three runs share one compilation
 cache).
 """
@@ -70,5 +70,8 @@ def test_demo_recovers_the_quantization_loss_over_seeds_and_is_quiet(tmp_path):
                      f"results: {workdir / 'summary.json'}",
                      f"checkpoints: {workdir / 'checkpoints'} (fine-tuned)"):
             assert text in r.stdout, (text, r.stdout)
-    pooled = paired.compare(np.concatenate(before), np.concatenate(after))
-    assert pooled["ci_low"] > 0 and pooled["diff"] >= 5.0, pooled
+    # The seeds share the 300 held-out images: average each image's gain over the seeds and
+    # take the interval over images, not over 900 draws that are not independent.
+    gain = 100.0 * (np.mean(after, axis=0) - np.mean(before, axis=0))
+    half = 1.96 * gain.std(ddof=1) / np.sqrt(len(gain))
+    assert gain.mean() - half > 0 and gain.mean() >= 5.0, (gain.mean(), half)

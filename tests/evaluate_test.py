@@ -113,3 +113,10 @@ def test_folder_of_images_and_exported_networks(tiny_run, tmp_path):
     props = {p: {m.key: m.value for m in onnx_lib.load(str(p)).metadata_props}
              for p in (fast, vnni)}
     assert props[fast]["portable"] == "1" and props[vnni]["portable"] == "0"
+    weights = {p: {t.data_type for t in onnx_lib.load(str(p)).graph.initializer
+                   if len(t.dims) >= 2} for p in (fast, vnni)}  # conv / dense weights
+    assert weights[vnni] == {onnx_lib.TensorProto.INT8}
+    assert onnx_lib.TensorProto.UINT8 in weights[fast]  # the 8-bit first conv, classifier
+    r = _cli("faq_jax.export", "--workdir", str(workdir), "--out", str(net),
+             "--onnx_int8_vnni")
+    assert r.returncode == 2 and "give --onnx_int8 FILE as well" in r.stderr, r.stderr

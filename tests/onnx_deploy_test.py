@@ -112,18 +112,27 @@ def _weights(proto) -> list[tuple[np.ndarray, np.ndarray]]:
 def test_weights_cannot_saturate_u8s8_kernels_without_vnni(family, bits):
     """Without VNNI, onnxruntime's u8 x s8 kernels sum product pairs in int16 with saturation
     (vpmaddubsw): 2 * 255 * max|w| must stay <= 2^15 - 1. The portable default keeps int8
-    weights within +-64 and writes wider ones as uint8 + 128 (u8 x u8 kernels, exact)."""
+    weights within +-64 and writes wider ones as uint8 + 128 (u8 x u8 kernels, which cannot
+    saturate). The headroom shift fills each layer's range: +-64 (int8) or +-127 (uint8)."""
+    assert 2 * 255 * onnx_deploy.S8_EXACT <= 2**15 - 1
     net = _net(family, bits)
-    ws = _weights(onnx_deploy.to_onnx(net))
+    ws = _weights(onnx_deploy.to_onnx(net))  # in graph order: first conv ... classifier
     assert len(ws) == sum(n["op"] in ("conv", "dense") for n in net.nodes)
-    for codes, zp in ws:
+    for i, (codes, zp) in enumerate(ws):
+        c = codes.astype(int) - (128 if codes.dtype == np.uint8 else 0)
+        per_channel = np.abs(np.moveaxis(c, 1 if i == len(ws) - 1 else 0, 0)).reshape(
+            c.shape[1 if i == len(ws) - 1 else 0], -1).max(axis=1)
         if codes.dtype == np.int8:
-            assert np.abs(codes.astype(int)).max() <= onnx_deploy.S8_EXACT and not zp.any()
-            assert 2 * 255 * onnx_deploy.S8_EXACT <= 2**15 - 1
+            assert per_channel.max() <= onnx_deploy.S8_EXACT and not zp.any()
+            assert np.all((per_channel == 0) | (per_channel > onnx_deploy.S8_EXACT // 2))
         else:
-            assert codes.dtype == np.uint8 and np.all(zp == 128) and codes.min() >= 1
-    if bits == 4:  # 4-bit layers stay int8; the 8-bit first conv and classifier go uint8
-        assert {c.dtype for c, _ in ws} == {np.dtype(np.int8), np.dtype(np.uint8)}
+            assert codes.dtype == np.uint8 and np.all(zp == 128) and c.min() >= -127
+            assert np.all((per_channel == 0) | (per_channel > 63))
+    kinds = [codes.dtype for codes, _ in ws]
+    if bits == 4:  # 4-bit layers stay int8; the 8-bit first conv (codes to 124) goes uint8
+        assert kinds[0] == np.uint8 and set(kinds[1:-1]) == {np.dtype(np.int8)}
+    else:
+        assert np.dtype(np.uint8) in kinds
     fast = _weights(onnx_deploy.to_onnx(net, portable=False))
     assert {c.dtype for c, _ in fast} == {np.dtype(np.int8)}
     assert max(np.abs(c.astype(int)).max() for c, _ in fast) > onnx_deploy.S8_EXACT
@@ -137,21 +146,34 @@ def test_vnni_detection_reads_the_cpu_flags():
     assert not onnx_deploy.x86_without_vnni("Features\t: fp asimd asimddp\n")  # arm64
 
 
-def test_session_warns_when_an_int8_only_model_meets_a_cpu_without_vnni(monkeypatch):
-    """The CPU is what differs between machines: stand in a non-VNNI answer for it."""
+def test_session_guards_an_int8_only_model_on_a_cpu_without_vnni(monkeypatch):
+    """The CPU is what differs between machines: stand in a non-VNNI answer for it. The
+    session then warns and runs with onnxruntime's u8 x u8 kernels for int8 weights."""
     import warnings  # noqa: PLC0415
 
     net = _net("resnet20", 8)
     fast, portable = onnx_deploy.to_onnx(net, portable=False), onnx_deploy.to_onnx(net)
     monkeypatch.setattr(onnx_deploy, "x86_without_vnni", lambda cpuinfo=None: True)
-    with pytest.warns(UserWarning, match="portable=True"):
-        onnx_deploy.session(fast)
+    with pytest.warns(UserWarning, match="x64quantprecision"):
+        sess = onnx_deploy.session(fast)
+    assert sess.get_session_options().get_session_config_entry(
+        onnx_deploy.PRECISE_U8S8) == "1"
+    codes = _inputs(net, 4, 0)  # the same outputs here (a VNNI CPU or not)
+    np.testing.assert_array_equal(onnx_deploy.run(sess, codes=codes),
+                                  onnx_deploy.run(onnx_deploy.session(fast), codes=codes))
+    old = onnx.ModelProto()  # written before the portable form: no "portable" key
+    old.CopyFrom(fast)
+    del old.metadata_props[[p.key for p in old.metadata_props].index("portable")]
+    with pytest.warns(UserWarning, match="x64quantprecision"):
+        onnx_deploy.session(old)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        onnx_deploy.session(portable)
+        warnings.filterwarnings("error", message=".*VNNI", category=UserWarning)
+        sess = onnx_deploy.session(portable)
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        sess.get_session_options().get_session_config_entry(onnx_deploy.PRECISE_U8S8)
     monkeypatch.setattr(onnx_deploy, "x86_without_vnni", lambda cpuinfo=None: False)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.filterwarnings("error", message=".*VNNI", category=UserWarning)
         onnx_deploy.session(fast)
 
 

@@ -70,18 +70,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True, help="integer network (.npz)")
     ap.add_argument("--onnx", default=None, help="also write an ONNX integer model")
     ap.add_argument("--onnx_int8", default=None,
-                    help="also write the int8 deployment ONNX model (onnxruntime's fast "
+                    help="also write the int8 deployment ONNX model (onnxruntime's fused "
                          "QLinearConv path; not bit-exact, see docs/export.md)")
     ap.add_argument("--onnx_int8_vnni", action="store_true",
-                    help="the int8 deployment model with int8 weights everywhere: fastest on "
-                         "CPUs with VNNI, inexact without it (default: 8-bit weights as "
-                         "uint8, exact on every x86 CPU)")
+                    help="with --onnx_int8: int8 weights everywhere, fastest on CPUs with "
+                         "VNNI, wrong outputs without it (default: 8-bit weights as uint8, "
+                         "the same outputs on every x86 CPU)")
     ap.add_argument("--config", default=None, help="the run's config file (full policy)")
     ap.add_argument("--image_size", type=int, default=None,
                     help="input H = W (default: the run's data.image_size)")
     ap.add_argument("--verbosity", type=int, default=None,
                     help="0: INFO logs and the traceback of an error (default: quiet)")
     args = ap.parse_args(argv)
+    if args.onnx_int8_vnni and not args.onnx_int8:
+        ap.error("--onnx_int8_vnni chooses the form of the --onnx_int8 model: give "
+                 "--onnx_int8 FILE as well")
     console.configure(args.verbosity)
     # Bad input ends with one line; NotImplementedError: a layer the exporter cannot write;
     # ImportError: the export extra (onnx) is missing.

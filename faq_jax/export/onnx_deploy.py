@@ -13,7 +13,7 @@ fuses into QLinearConv, QLinearAdd, QLinearAveragePool, ... (MLAS int8 kernels, 
   folded BatchNorm's 8-bit multiplier ``s_c`` moves into the scale, a negative ``s_c``
   negates that channel's codes, ``s_c = 0`` zeroes them (scale ``2^l_w``); a layer whose
   codes stay within +-``S8_EXACT`` is int8 (u8 x s8, VNNI), a wider one uint8 with zero
-  point 128 (u8 x u8), so that every kernel is exact on every x86 CPU (``portable``);
+  point 128 (u8 x u8), so that no kernel saturates on any x86 CPU (``portable``);
 - biases (BN shift ``t``, conv bias, both folded) are int32 at scale ``x_scale scale_c``,
   rounded half up; a convolution whose output is not re-quantized (the logits) keeps a
   float32 bias instead;
@@ -50,6 +50,8 @@ I64 = np.int64
 # Without VNNI, onnxruntime's u8 x s8 kernels (AVX2, AVX-512BW) sum pairs of u8 x s8 products
 # into int16 with saturation (vpmaddubsw): exact iff 2 * 255 * max|w| <= 2^15 - 1.
 S8_EXACT = 64
+# onnxruntime's session option that runs int8 weights with u8 x u8 kernels on AVX2 / AVX-512.
+PRECISE_U8S8 = "session.x64quantprecision"
 U8 = np.dtype(np.uint8)
 _ONNX = {np.dtype(k): v for k, v in [("int8", TensorProto.INT8), ("uint8", TensorProto.UINT8),
          ("int32", TensorProto.INT32), ("int64", TensorProto.INT64),
@@ -152,17 +154,20 @@ class _Graph:
         sign = np.sign(m).astype(I64)
         scale = np.where(m == 0, np.ldexp(1.0, node["w_l"]), np.abs(m))
         wq = c["w"].astype(I64) * sign  # per output channel (last axis)
+        if np.abs(wq).max() > 127:
+            raise ExportError(f"{path}: weight codes beyond +-127 do not fit 8 bits")
+        # u8 x u8 (uint8 + 128) where codes exceed s8_max: no int16 pair sums on any x86 CPU.
+        wide = bool(np.abs(wq).max() > self.s8_max)
         if self.headroom:  # codes * 2^k, scale / 2^k: a 2^k finer int32 bias grid
             top = np.abs(wq).reshape(-1, wq.shape[-1]).max(axis=0)
-            room = np.floor(np.log2(self.s8_max / np.maximum(top, 1)))
+            room = np.floor(np.log2((127 if wide else self.s8_max) / np.maximum(top, 1)))
             k = np.where((top > 0) & (room > 0), room, 0).astype(I64)
             wq, scale = wq << k, scale / np.exp2(k)
         xs = float(np.ldexp(1.0, x.l))
         if np.any(scale * xs < np.finfo(np.float32).tiny):
             raise ExportError(f"{path}: weight scale x BN scale below float32 range")
-        dt_w, zp = np.int8, 0
-        if np.abs(wq).max() > self.s8_max:  # u8 x u8: no int16 pair sums on any x86 CPU
-            dt_w, zp, wq = np.uint8, 128, wq + 128
+        dt_w, zp = (np.uint8, 128) if wide else (np.int8, 0)
+        wq = wq + zp
         if node["op"] == "conv":
             w_onnx, axis = np.transpose(wq, (3, 2, 0, 1)).astype(dt_w), 0
         else:
@@ -459,13 +464,15 @@ def to_onnx(net: intnet.IntegerNetwork, *, calib_codes: np.ndarray | None = None
       float_input: the model takes normalised float NCHW ``x`` and quantizes it itself
         (QuantizeLinear: ties to even) instead of int8 NCHW ``x_codes``.
       weight_headroom: multiply each output channel's weight codes by the largest 2^k that
-        keeps them within +-64 (+-127 with ``portable=False``) and divide its scale by 2^k
-        (exact; the int32 bias grid gets 2^k finer: k = 3 for most 4-bit weights, 0 for
-        8-bit ones).
+        keeps them within the layer's range and divide its scale by 2^k (exact; the int32
+        bias grid gets 2^k finer: k = 3 for a 4-bit channel whose largest code is 5-7 in
+        an int8 layer of the portable form, k = 4 with ``portable=False``). The range is
+        +-127 for uint8 layers and with ``portable=False``, +-64 for int8 layers otherwise.
       portable: write a layer whose weight codes exceed +-``S8_EXACT`` as uint8 with zero
-        point 128, so onnxruntime runs it with u8 x u8 kernels, exact on every x86 CPU
-        (u8 x s8 saturates int16 pair sums on CPUs without VNNI). False: int8 everywhere,
-        the fastest form on VNNI CPUs, exact only there.
+        point 128, so onnxruntime runs it with u8 x u8 kernels, which cannot saturate
+        (u8 x s8 kernels saturate int16 pair sums on x86 CPUs without VNNI). Outputs are
+        then the same on every x86 CPU. False: int8 everywhere, the fastest form on VNNI
+        CPUs, correct only there.
       allow_uncalibrated: accept a network whose activation l's are all uncalibrated defaults.
 
     Raises:
@@ -564,7 +571,9 @@ def session(model: onnx.ModelProto | str, *, threads: int | None = None,
     """An onnxruntime CPU session with ``ORT_ENABLE_ALL`` (QDQ fusion, NHWC int8 kernels).
 
     ``optimized_path``: also write the graph onnxruntime actually runs (to check fusion).
-    Warns when a model written with ``portable=False`` runs on an x86 CPU without VNNI.
+    A model written with ``portable=False`` (or before that option existed) on an x86 CPU
+    without VNNI: turns on onnxruntime's ``session.x64quantprecision`` (its u8 x u8 kernels
+    for int8 weights, slower) and warns.
     """
     import onnxruntime as ort  # noqa: PLC0415
 
@@ -576,11 +585,18 @@ def session(model: onnx.ModelProto | str, *, threads: int | None = None,
         opts.optimized_model_filepath = optimized_path
     src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
-    if sess.get_modelmeta().custom_metadata_map.get("portable") == "0" and x86_without_vnni():
-        warnings.warn("this int8 deployment model may have int8 weights beyond +-64 (written with "
-                      "portable=False) and this CPU has no VNNI: onnxruntime's u8 x s8 "
-                      "kernels can saturate and differ from the integer network; write it "
-                      "with portable=True (the default) for this CPU", stacklevel=2)
+    meta = sess.get_modelmeta().custom_metadata_map
+    # Models written before the portable form have no "portable" key: all int8 weights.
+    if (meta.get("format") == FORMAT and meta.get("portable", "0") == "0"
+            and x86_without_vnni()):
+        warnings.warn("this int8 deployment model has int8 weights everywhere (written with "
+                      "portable=False / --onnx_int8_vnni) and this CPU has no VNNI, where "
+                      "onnxruntime's u8 x s8 kernels can saturate: running it with "
+                      "session.x64quantprecision (slower); write it again with "
+                      "portable=True (the default; without --onnx_int8_vnni) for this CPU",
+                      stacklevel=2)
+        opts.add_session_config_entry(PRECISE_U8S8, "1")
+        sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
     return sess
 
 

@@ -583,9 +583,8 @@ def session(model: onnx.ModelProto | str, *, threads: int | None = None,
         opts.intra_op_num_threads = threads
     if optimized_path:
         opts.optimized_model_filepath = optimized_path
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
-    sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
-    meta = sess.get_modelmeta().custom_metadata_map
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(model)
+    meta = {p.key: p.value for p in proto.metadata_props}
     # Models written before the portable form have no "portable" key: all int8 weights.
     if (meta.get("format") == FORMAT and meta.get("portable", "0") == "0"
             and x86_without_vnni()):
@@ -596,8 +595,8 @@ def session(model: onnx.ModelProto | str, *, threads: int | None = None,
                       "portable=True (the default; without --onnx_int8_vnni) for this CPU",
                       stacklevel=2)
         opts.add_session_config_entry(PRECISE_U8S8, "1")
-        sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
-    return sess
+    return ort.InferenceSession(proto.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
 
 
 def run(sess, *, images: np.ndarray | None = None, codes: np.ndarray | None = None

@@ -1,12 +1,16 @@
-"""Test-session setup: 8 fake CPU devices, and torch (and triton) loaded before TensorFlow.
+"""Test-session setup: 8 fake CPU devices, a shared compilation cache, and torch (and
+triton) loaded before TensorFlow.
 
 XLA_FLAGS must be set before jax initialises its backends. torch goes first because
 importing torchvision after TensorFlow crashes some installations (see
 faq_jax/lazy_imports.py); the library's own lazy imports keep that order too.
 """
 
+import atexit
 import importlib.util
 import os
+import shutil
+import tempfile
 
 # The 8 fake devices are threads: on a loaded 2-core machine one can wait minutes for the
 # others inside a collective, past XLA:CPU's default timeout (which aborts the process).
@@ -14,6 +18,18 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
                       "--xla_cpu_collective_timeout_seconds=1200 "
                       "--xla_cpu_collective_call_terminate_timeout_seconds=1200")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# Most of the suite's time is XLA compiling the same few train steps again in test after test
+# (and in the subprocesses of the CLI tests). One persistent compilation cache per test
+# session, made by the first process and inherited by pytest-xdist's workers and every
+# subprocess, compiles each of them once. Setting a size turns on jax's file lock, so two
+# workers never read an entry that the other is still writing.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _xla_cache = tempfile.mkdtemp(prefix="faq_jax_tests_xla_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _xla_cache
+    atexit.register(shutil.rmtree, _xla_cache, ignore_errors=True)
+    if importlib.util.find_spec("filelock") is not None:
+        os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
 
 if importlib.util.find_spec("torch") is not None:
     import torch  # noqa: F401

@@ -19,10 +19,11 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
                       "--xla_cpu_collective_call_terminate_timeout_seconds=1200")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# Most of the suite's time is XLA compiling the same few train steps again in test after test
+# Much of the suite's time is XLA compiling the same few train steps again in test after test
 # (and in the subprocesses of the CLI tests). One persistent compilation cache per test
 # session, made by the first process and inherited by pytest-xdist's workers and every
-# subprocess, compiles each of them once. Setting a size turns on jax's file lock, so two
+# subprocess, compiles each of them once (each that takes over jax's threshold of a second;
+# shorter compiles are not cached). Setting a size turns on jax's file lock, so two
 # workers never read an entry that the other is still writing.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _xla_cache = tempfile.mkdtemp(prefix="faq_jax_tests_xla_cache_")
